@@ -1,0 +1,83 @@
+"""Preprocessing and batched augmentation with per-sample random parameters.
+
+Images stay packed uint8 until a batch is drawn; the batch is augmented in one pass (a single
+`affine_grid`/`grid_sample` for rotation, zoom and shift, a masked mirror, torchvision v2's
+functional blur and erasing), so the same code runs on CPU and GPU with no per-image Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from fersynth.train.config import AugmentConfig
+
+
+def equalize_pixels(pixels: np.ndarray, method: str) -> np.ndarray:
+    """Histogram equalisation applied once to the packed cache (train and eval alike)."""
+    if method == "none":
+        return pixels
+    from fersynth.quality.enhance import clahe, equalize_hist
+
+    return equalize_hist(pixels) if method == "equalize" else clahe(pixels)
+
+
+def to_model_input(batch_u8: torch.Tensor, img_size: int, in_chans: int) -> torch.Tensor:
+    """uint8 (N,H,W) or (N,H,W,3) -> float (N,C,S,S) normalised to [-1, 1]."""
+    x = batch_u8
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = x.float().div_(127.5).sub_(1.0)
+    if x.shape[1] != in_chans:
+        x = x.mean(1, keepdim=True) if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > img_size)
+    return x.contiguous()
+
+
+class BatchAugment:
+    """Random mirror, rotation, zoom, shift, blur and erasing for a float batch (N,C,H,W)."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        c = self.cfg
+        n, dev = x.shape[0], x.device
+
+        def u(lo, hi):
+            return torch.rand(n, generator=gen).mul_(hi - lo).add_(lo).to(dev)
+
+        if c.hflip:
+            flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if c.rotation > 0 or c.scale != (1.0, 1.0) or c.translate > 0:
+            ang = u(-c.rotation, c.rotation) * (math.pi / 180)
+            s = u(*c.scale)
+            tx, ty = u(-c.translate, c.translate) * 2, u(-c.translate, c.translate) * 2
+            cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+            theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if c.blur_p > 0:
+            pick = torch.rand(n, generator=gen) < c.blur_p
+            if pick.any():
+                idx = pick.nonzero().squeeze(1).to(dev)
+                x = x.clone()
+                x[idx] = TF.gaussian_blur(x[idx], kernel_size=[5, 5], sigma=[1.0, 1.0])
+        if c.erase_p > 0:
+            pick = (torch.rand(n, generator=gen) < c.erase_p).nonzero().squeeze(1).tolist()
+            if pick:
+                h, w = x.shape[-2:]
+                x = x.clone()
+                eh = (torch.rand(len(pick), generator=gen) * 0.3 * h + 0.1 * h).long().tolist()
+                ew = (torch.rand(len(pick), generator=gen) * 0.3 * w + 0.1 * w).long().tolist()
+                ys = torch.rand(len(pick), generator=gen).tolist()
+                xs = torch.rand(len(pick), generator=gen).tolist()
+                for k, i in enumerate(pick):
+                    top, left = int(ys[k] * (h - eh[k])), int(xs[k] * (w - ew[k]))
+                    x[i] = TF.erase(x[i], top, left, eh[k], ew[k], v=torch.zeros((), device=dev))
+        return x

@@ -1,0 +1,353 @@
+"""The training loop: one code path for CPU, one GPU and several (accelerate / torchrun).
+
+Validation is carved from the real training rows (stratified, seeded, duplicate groups kept
+together) and drives early stopping and model selection; test rows are never touched here.
+Every epoch is seeded from (seed, epoch), so a run resumed from its last finished epoch
+ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from fersynth.data.manifest import Manifest
+from fersynth.errors import FersynthError
+from fersynth.train.augment import BatchAugment, equalize_pixels, to_model_input
+from fersynth.train.checkpoint import save_checkpoint
+from fersynth.train.config import TrainConfig
+
+STATE_FILE = "last_state.pt"
+
+
+class PixelDataset(Dataset):
+    """Rows of a packed uint8 array; `__getitems__` hands whole batches to the loader."""
+
+    def __init__(self, pixels: np.ndarray, labels: np.ndarray, soft: np.ndarray | None = None):
+        self.pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.soft = None if soft is None else torch.from_numpy(soft.astype(np.float32))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx):
+        idx = torch.as_tensor(idx)
+        out = {"x": self.pixels[idx], "y": self.labels[idx]}
+        if self.soft is not None:
+            out["soft"] = self.soft[idx]
+        return out
+
+
+def _collate(batch):
+    return batch
+
+
+def split_train_val(manifest: Manifest, val_fraction: float, seed: int) -> tuple[Manifest, Manifest, dict]:
+    """Train rows and validation rows. Existing split=='val' rows are used as they are; otherwise
+    validation is carved from the real train rows. Rows derived from a validation image are dropped."""
+    from fersynth.data.duplicates import add_duplicate_columns
+    from fersynth.data.splits import carve_validation
+
+    df = manifest.df
+    labelled = df["label"] >= 0
+    if (df["split"] == "val").any():
+        m = manifest
+    else:
+        real_train = ((df["split"] == "train") & (df["source"] == "real") & labelled).to_numpy()
+        if real_train.sum() < 2:
+            raise FersynthError("no labelled real training rows to carve validation from", hint="check the manifest's split column")
+        real = manifest.select(real_train)
+        if "near_group" not in real.df.columns:
+            real = add_duplicate_columns(real)
+        real = carve_validation(real, val_fraction, seed)
+        val_ids = set(real.df.loc[real.df["split"] == "val", "id"])
+        split = df["split"].copy()
+        split[df["id"].isin(val_ids).to_numpy()] = "val"
+        m = Manifest(df.assign(split=split), manifest.pixels, manifest.root, manifest.meta)
+    mdf = m.df
+    val_mask = ((mdf["split"] == "val") & (mdf["label"] >= 0)).to_numpy()
+    val_ids = set(mdf.loc[val_mask, "id"])
+    derived = mdf["parent_id"].isin(val_ids).to_numpy() if "parent_id" in mdf.columns else np.zeros(len(mdf), bool)
+    train_mask = ((mdf["split"] == "train") & (mdf["label"] >= 0)).to_numpy() & ~derived
+    if val_mask.sum() == 0:
+        raise FersynthError("validation split is empty", hint="raise --val-fraction or add labelled training images")
+    if train_mask.sum() == 0:
+        raise FersynthError("training split is empty after carving validation")
+    info = {"train": int(train_mask.sum()), "val": int(val_mask.sum()), "dropped_derived_from_val": int(derived.sum())}
+    return m.select(train_mask), m.select(val_mask), info
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_optimizer(model, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or n.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def f(step):
+        if cfg.scheduler == "onecycle":
+            peak = max(1, int(0.25 * total))
+            if step < peak:
+                return 0.04 + 0.96 * step / peak
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - peak) / max(1, total - peak)))) + 1e-3
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        if cfg.scheduler == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+
+    return f
+
+
+def _class_weights(labels: np.ndarray, k: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+@torch.no_grad()
+def predict_proba(model, pixels: np.ndarray, img_size: int, in_chans: int, tta: bool = False,
+                  batch_size: int = 256, device: str | torch.device = "cpu") -> np.ndarray:
+    """Softmax probabilities for packed uint8 images (already equalised if the recipe says so)."""
+    model.eval()
+    out = []
+    for i in range(0, len(pixels), batch_size):
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device), img_size, in_chans)
+        p = model(x).float().softmax(1)
+        if tta:
+            p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        out.append(p.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _quick_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
+    pred = probs.argmax(1)
+    acc = float((pred == y).mean())
+    present = np.unique(y)
+    mca = float(np.mean([(pred[y == c] == c).mean() for c in present]))
+    return {"accuracy": acc, "mean_class_accuracy": mca}
+
+
+def train(
+    manifest: Manifest,
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> dict:
+    """Train on `manifest` (train rows; validation carved or given), write checkpoints into `out_dir`."""
+    from accelerate import Accelerator
+
+    from fersynth.models import create_model
+
+    out = Path(out_dir)
+    acc = Accelerator(mixed_precision="bf16" if (cfg.amp and torch.cuda.is_available()) else "no",
+                      cpu=not torch.cuda.is_available())
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    num_classes = manifest.num_classes
+    classes = manifest.class_names
+    train_m, val_m, split_info = split_train_val(manifest, cfg.val_fraction, cfg.seed)
+
+    tr_pix = equalize_pixels(np.asarray(train_m.pixels), cfg.augment.equalize)
+    va_pix = equalize_pixels(np.asarray(val_m.pixels), cfg.augment.equalize)
+    y_tr, y_va = train_m.labels, val_m.labels
+    soft = None
+    if cfg.loss == "soft":
+        if "soft_label" not in train_m.df.columns:
+            raise FersynthError("loss 'soft' needs a soft_label column", hint="ingest FER+ votes or use loss ce")
+        soft = np.stack([_soft_row(s, y, num_classes) for s, y in zip(train_m.df["soft_label"], y_tr)])
+
+    model = create_model(cfg.model, num_classes=num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size,
+                         pretrained_path=cfg.pretrained_path)
+    opt = _build_optimizer(model, cfg)
+    ds = PixelDataset(tr_pix, y_tr, soft)
+    world = acc.num_processes
+    per_proc_bs = max(1, cfg.batch_size // world)
+    sampler_gen = torch.Generator()
+    loader = DataLoader(ds, batch_size=per_proc_bs, shuffle=True, drop_last=len(ds) > per_proc_bs * world,
+                        collate_fn=_collate, generator=sampler_gen, num_workers=0)
+    steps_per_epoch = math.ceil(len(ds) / (per_proc_bs * world)) if not loader.drop_last else len(ds) // (per_proc_bs * world)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, max(1, steps_per_epoch)))
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    weights = _class_weights(y_tr, num_classes).to(acc.device) if cfg.class_weighted else None
+    augment = BatchAugment(cfg.augment)
+
+    meta_base = {
+        "architecture": cfg.model, "num_classes": num_classes, "classes": classes, "in_chans": cfg.in_chans,
+        "img_size": cfg.img_size, "model_kwargs": {},
+        "preprocessing": {"equalize": cfg.augment.equalize, "normalize": "x/127.5-1", "tta": cfg.tta,
+                          "source_shape": list(manifest.image_shape)},
+        "config": cfg.model_dump(mode="json"), "split": split_info,
+        "val_ids_sha": _ids_digest(val_m.df["id"]),
+    }
+    history: list[dict] = []
+    start_epoch, best, best_epoch, bad_epochs, elapsed = 0, -1.0, -1, 0, 0.0
+    state_path = out / STATE_FILE
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    if resume and state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        if st.get("config") != json.dumps(cfg.model_dump(mode="json"), sort_keys=True):
+            raise FersynthError(f"{out}: holds a run with another config", hint="use a new --out or pass --no-resume")
+        acc.unwrap_model(model).load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch, best, best_epoch, bad_epochs = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad_epochs"]
+        elapsed = st["elapsed"]
+        history = json.loads(st["history"])
+    t_start = time.perf_counter() - elapsed
+    bar = _progress(progress and acc.is_main_process)
+    stopped = "epochs"
+    with bar:
+        task = bar.add_task("train", total=cfg.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch)
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop_after_epochs is not None and epoch >= stop_after_epochs:
+                stopped = "interrupted"
+                break
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            sampler_gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+            aug_gen = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch * 31 + acc.process_index)
+            model.train()
+            tot_loss, tot_correct, tot_n = 0.0, 0, 0
+            for batch in loader:
+                x = to_model_input(batch["x"].to(acc.device), cfg.img_size, cfg.in_chans)
+                x = augment(x, aug_gen)
+                y = batch["y"].to(acc.device)
+                with acc.autocast():
+                    logits = model(x)
+                    if soft is not None:
+                        target = batch["soft"].to(acc.device)
+                        if cfg.label_smoothing:
+                            target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / num_classes
+                        loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
+                    else:
+                        loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                sched.step()
+                n = y.shape[0]
+                tot_loss += loss.item() * n
+                tot_correct += int((logits.argmax(1) == y).sum())
+                tot_n += n
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {tot_loss / tot_n:.3f} acc {tot_correct / tot_n:.3f}")
+            model_eval = acc.unwrap_model(model)
+            probs = predict_proba(model_eval, va_pix, cfg.img_size, cfg.in_chans, cfg.tta, device=acc.device)
+            vm = _quick_metrics(y_va, probs)
+            rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_n), "train_accuracy": tot_correct / max(1, tot_n),
+                   "val_accuracy": vm["accuracy"], "val_mean_class_accuracy": vm["mean_class_accuracy"],
+                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_start}
+            history.append(rec)
+            score = vm[cfg.monitor]
+            improved = score > best
+            if improved:
+                best, best_epoch, bad_epochs = score, epoch + 1, 0
+            else:
+                bad_epochs += 1
+            if acc.is_main_process:
+                bar.console.print(
+                    f"epoch {epoch + 1}: loss {rec['train_loss']:.4f} train acc {rec['train_accuracy']:.4f} "
+                    f"val acc {vm['accuracy']:.4f} val mca {vm['mean_class_accuracy']:.4f}" + (" *" if improved else "")
+                )
+                if improved:
+                    save_checkpoint(model_eval, dict(meta_base, epoch=epoch + 1, val_metrics=vm), out / "best")
+                _save_state(state_path, model_eval, opt, sched, cfg, epoch, best, best_epoch, bad_epochs,
+                            time.perf_counter() - t_start, history)
+            acc.wait_for_everyone()
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                stopped = "early_stopping"
+                break
+            if cfg.max_minutes is not None and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
+                stopped = "time_budget"
+                break
+    summary = {"best_epoch": best_epoch, f"best_val_{cfg.monitor}": best, "epochs_run": len(history),
+               "stopped": stopped, "train_seconds": time.perf_counter() - t_start, "split": split_info,
+               "history": history, "checkpoint": str(out / "best.safetensors")}
+    if acc.is_main_process:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _soft_row(s, y, k):
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        v = np.zeros(k, np.float32)
+        v[y] = 1
+        return v
+    v = np.asarray(s, dtype=np.float32)[:k]
+    return v / v.sum() if v.sum() > 0 else np.eye(k, dtype=np.float32)[y]
+
+
+def _ids_digest(ids) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
+
+
+def _save_state(path: Path, model, opt, sched, cfg, epoch, best, best_epoch, bad_epochs, elapsed, history):
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True), "epoch": epoch, "best": best,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
+                "history": json.dumps(history)}, tmp)
+    os.replace(tmp, path)
+
+
+class _NullBar:
+    console = type("C", (), {"print": staticmethod(lambda *a, **k: None)})()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NullBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn())
