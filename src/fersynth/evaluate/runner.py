@@ -46,13 +46,28 @@ def predict_manifest(ckpt, manifest: Manifest, batch_size: int = 256) -> np.ndar
 
 def evaluate_checkpoint(ckpt_path: str | os.PathLike, manifest: Manifest, split: str = "test",
                         subsets: list[str] | None = None, n_boot: int = 1000, seed: int = 0,
-                        out_dir: str | os.PathLike | None = None, ferplus: bool = False) -> dict:
+                        out_dir: str | os.PathLike | None = None, ferplus: bool = False,
+                        label_map: dict[str, str] | None = None, report_unseen: bool = False) -> dict:
+    """Score a checkpoint on `split`/`subsets` rows. Data classes the model lacks are an error unless
+    they are mapped (`label_map`, e.g. {'contempt': 'neutral'}) or `report_unseen` lists them apart."""
     from fersynth.evaluate.metrics import evaluate_predictions, fer_plus_metrics
     from fersynth.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     rows = select_rows(manifest, split, subsets)
     rows = rows.select(rows.df["label"].to_numpy() >= 0) if not ferplus else rows
+    if label_map:
+        lab = rows.labels.copy()
+        for src, dst in label_map.items():
+            lab[rows.labels == CLASSES.index(src)] = CLASSES.index(dst)
+        rows = Manifest(rows.df.assign(label=lab), rows.pixels, rows.root, rows.meta)
+    present = {CLASSES[i] for i in np.unique(rows.labels) if i >= 0}
+    unseen = sorted(present - set(ckpt.classes), key=CLASSES.index)
+    if unseen and not report_unseen:
+        raise FersynthError(
+            f"class-count mismatch: the data has {', '.join(unseen)} but the checkpoint knows only {len(ckpt.classes)} classes",
+            hint=f"map them (--map {unseen[0]}=CLASS) or pass --report-unseen to score the rest and list them apart",
+        )
     if len(rows) == 0:
         raise FersynthError("no labelled rows to evaluate")
     probs = predict_manifest(ckpt, rows)
