@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -14,7 +15,7 @@ from fersynth.cli.common import (
 from fersynth.errors import FersynthError
 
 app = typer.Typer(help="Load, profile and check datasets.", no_args_is_help=True)
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _load(path: Path, format, size, skip_bad, class_map, mode, images=None, quiet=False):
@@ -184,9 +185,9 @@ def leakage(
 def enhance(
     path: Path = typer.Argument(..., help="Dataset folder/file or manifest directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest directory to write."),
-    method: str = typer.Option("clahe", "--method", help="equalize | clahe | unsharp | denoise | sr"),
+    method: str = typer.Option("clahe", "--method", help="equalize_hist | clahe | unsharp_mask | denoise | super_resolve"),
     below: float = typer.Option(None, "--below", help="Only enhance images whose q_score is below this."),
-    sr_weights: Path = typer.Option(None, "--sr-weights", help="Local SwinIR / Real-ESRGAN weights (method sr)."),
+    sr_weights: Path = typer.Option(None, "--sr-weights", help="Local SwinIR / Real-ESRGAN weights (method super_resolve)."),
     format: str = FormatOpt, size: int = SizeOpt, skip_bad: bool = SkipBadOpt,
     class_map: list[str] = ClassMapOpt, color: str = ModeOpt,
 ) -> None:
@@ -202,7 +203,7 @@ def enhance(
     if below is not None:
         q = m.df["q_score"].to_numpy() if "q_score" in m.df.columns else quality_scores(m.pixels)["q_score"].to_numpy()
         mask = q < below
-    kw = {"weights_path": str(sr_weights) if sr_weights else None} if method == "sr" else {}
+    kw = {"weights_path": str(sr_weights) if sr_weights else None} if method == "super_resolve" else {}
     new = np.array(m.pixels, copy=True)
     if mask.any():
         res = run_enhance(m.pixels[mask], method, **kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -12,7 +13,7 @@ from rich.table import Table
 from fersynth.cli.common import FormatOpt, SizeOpt, print_json, write_json_atomic
 from fersynth.errors import FersynthError
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _parse_sets(items: list[str] | None) -> dict:
@@ -102,6 +103,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
         n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% CIs."),
         votes: bool = typer.Option(False, "--ferplus", help="Also score against FER+ vote columns in the data."),
+        label_map: list[str] = typer.Option(None, "--map", help="Cross-dataset: map a data class onto a model class, DATA=MODEL."),
+        report_unseen: bool = typer.Option(False, "--report-unseen", help="Score rows of known classes; list the others apart."),
         format: str = FormatOpt, size: int = SizeOpt,
     ) -> None:
         """Accuracy, mean class accuracy, per-class P/R/F1, confusion matrix, top-2, bootstrap CIs."""
@@ -110,7 +113,10 @@ def register(app: typer.Typer) -> None:
         from fersynth.evaluate.runner import evaluate_checkpoint
 
         m, _ = load_any(data, format, ingest_options(size, False, None, "auto"), progress=not json_out)
-        res = evaluate_checkpoint(ckpt, m, split=split, subsets=subset or None, n_boot=n_boot, out_dir=out, ferplus=votes)
+        from fersynth.labels import parse_class_map
+
+        res = evaluate_checkpoint(ckpt, m, split=split, subsets=subset or None, n_boot=n_boot, out_dir=out, ferplus=votes,
+                                  label_map=parse_class_map(label_map or []), report_unseen=report_unseen)
         if json_out:
             print_json({k: v for k, v in res.items() if k != "predictions"})
             return

@@ -1,0 +1,106 @@
+"""The command line: outputs for people and programs, and one clear line + exit 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SHARED_DATA, face, write_img
+
+from fersynth.cli.main import main
+
+
+def run(capsys, *args):
+    code = main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_inspect_json_and_plot(capsys, fer_folder, tmp_path):
+    code, out, err = run(capsys, "data", "inspect", fer_folder, "--json", "--plot", tmp_path / "c.png")
+    assert code == 0, err
+    prof = json.loads(out)
+    assert prof["counts"]["Training"]["happy"] == 3 and prof["counts"]["PrivateTest"]["sad"] == 1
+    assert prof["imbalance_ratio"]["Training"] == 1.0
+    assert "exact" in prof["duplicates"] and "q_score" in prof["quality"]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_inspect_table(capsys, fer_folder):
+    code, out, _ = run(capsys, "data", "inspect", fer_folder)
+    assert code == 0 and "Training" in out and "imbalance" in out
+
+
+def test_leakage_json_finds_cross_split_twin(capsys, fer_folder):
+    src = fer_folder / "train" / "happy" / "Training_00.jpg"
+    (fer_folder / "test" / "happy" / "PrivateTest_twin.jpg").write_bytes(src.read_bytes())
+    code, out, err = run(capsys, "data", "leakage", fer_folder, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    groups = rep["exact_groups"]
+    assert len(groups) == 1
+    assert {g["subset"] for g in groups[0]} == {"Training", "PrivateTest"}
+    assert {g["label"] for g in groups[0]} == {"happy"}
+    assert rep["summary"]["exact"]["test_images_with_train_twin"] == 1
+    assert "near_groups" in rep
+
+
+def test_ingest_then_quality_in_place(capsys, fer_folder, tmp_path):
+    man = tmp_path / "m"
+    assert run(capsys, "data", "ingest", fer_folder, "--out", man)[0] == 0
+    code, out, err = run(capsys, "data", "quality", man)
+    assert code == 0, err
+    from fersynth.data.manifest import Manifest
+
+    m = Manifest.load(man)
+    assert {"q_sharpness", "q_detail", "q_contrast", "q_texture", "q_entropy", "q_score", "flags"} <= set(m.df.columns)
+
+
+def test_demo_then_ingest(capsys, tmp_path):
+    code, _, err = run(capsys, "data", "demo", tmp_path / "d", "--per-class", 3, "--test-per-class", 1)
+    assert code == 0, err
+    code, out, _ = run(capsys, "data", "inspect", tmp_path / "d", "--json", "--no-quality", "--no-duplicates")
+    prof = json.loads(out)
+    assert prof["counts"]["train"]["fear"] == 3 and prof["counts"]["test"]["fear"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("data", "inspect", "{tmp}/missing"), "no such file or directory"),
+        (("data", "ingest", "{bad}", "--out", "{tmp}/o"), "Training_00.jpg: corrupt or truncated"),
+        (("data", "ingest", "{fer}", "--out", "{tmp}/o", "--format", "rafd"), "unknown dataset format 'rafd'"),
+        (("data", "quality", "{fer}"), "is a dataset, not a manifest"),
+        (("data", "demo", "{tmp}/d", "--per-class", "0"), "--per-class must be >= 1"),
+        (("models", "list", "*"), None),
+        (("train", "--data", "{fer}", "--out", "{tmp}/r", "--model", "vgg_19"), "unknown model 'vgg_19'"),
+        (("train", "--data", "{fer}", "--out", "{tmp}/r", "--preset", "roy2024", "--epochs", "3"), "conflicts with preset 'roy2024'"),
+        (("eval", "{tmp}/nockpt", "--data", "{fer}"), "no checkpoint there"),
+        (("compare", "{tmp}/none.json"), "cannot read"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, tmp_path, fer_folder, args, needle):
+    bad = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(fer_folder, bad)
+    p = bad / "train" / "happy" / "Training_00.jpg"
+    p.write_bytes(p.read_bytes()[:200])
+    args = [a.format(tmp=tmp_path, fer=fer_folder, bad=bad) for a in args]
+    code, out, err = run(capsys, *args)
+    if needle is None:
+        assert code == 0
+        return
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.shared
+def test_shared_inspect_counts(capsys):
+    code, out, err = run(capsys, "data", "inspect", SHARED_DATA / "fer2013", "--json", "--no-quality", "--no-duplicates")
+    assert code == 0, err
+    c = json.loads(out)["counts"]
+    assert c["Training"]["disgust"] == 436 and c["Training"]["happy"] == 7215
+    assert sum(c["PrivateTest"].values()) == 3589 and sum(c["PublicTest"].values()) == 3589

@@ -1,0 +1,110 @@
+"""Training loop: learns demo faces, resumes exactly, selects on validation, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fersynth.data.demo import make_demo_faces
+from fersynth.data.manifest import Manifest
+from fersynth.errors import FersynthError
+from fersynth.train import resolve_config
+from fersynth.train.checkpoint import load_checkpoint
+from fersynth.train.loop import predict_proba, split_train_val, train
+
+FAST = {"model": "fernet_s", "batch_size": 32, "lr": 0.03, "optimizer": "sgd", "scheduler": "onecycle",
+        "num_threads": 2, "augment": {"rotation": 5, "translate": 0.05, "scale": (0.95, 1.05)}}
+
+
+def demo_manifest(per_class: int, seed: int, split: str = "train") -> Manifest:
+    d = make_demo_faces(per_class, seed=seed)
+    return Manifest.from_arrays(d.pixels, d.labels, split=split, dataset="demo")
+
+
+@pytest.fixture(scope="module")
+def demo_train():
+    return demo_manifest(50, seed=1)
+
+
+def test_learns_demo_faces_above_chance(demo_train, tmp_path):
+    cfg = resolve_config(None, dict(FAST, epochs=6))
+    summary = train(demo_train, cfg, tmp_path / "run", progress=False)
+    ck = load_checkpoint(tmp_path / "run")
+    test = demo_manifest(20, seed=99)
+    probs = predict_proba(ck.model, test.pixels, 48, 1)
+    acc = float((probs.argmax(1) == test.labels).mean())
+    assert acc > 0.45, f"held-out accuracy {acc:.3f} (chance 0.14)"
+    assert summary["best_epoch"] >= 1 and (tmp_path / "run" / "best.json").is_file()
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["architecture"] == "fernet_s" and meta["classes"][:2] == ["angry", "disgust"]
+    assert meta["config"]["epochs"] == 6
+
+
+def test_resume_matches_uninterrupted(demo_train, tmp_path):
+    cfg = resolve_config(None, dict(FAST, epochs=3))
+    full = train(demo_train, cfg, tmp_path / "full", progress=False)
+    part = train(demo_train, cfg, tmp_path / "part", progress=False, stop_after_epochs=2)
+    assert part["stopped"] == "interrupted" and part["epochs_run"] == 2
+    resumed = train(demo_train, cfg, tmp_path / "part", progress=False)
+    assert resumed["epochs_run"] == 3
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed["history"]]
+    a = load_checkpoint(tmp_path / "full").model.state_dict()
+    b = load_checkpoint(tmp_path / "part").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_is_carved_from_train_keeping_duplicates_together():
+    d = make_demo_faces(20, seed=3)
+    pix = np.concatenate([d.pixels, d.pixels[:10]])  # 10 exact twins
+    lab = np.concatenate([d.labels, d.labels[:10]])
+    m = Manifest.from_arrays(pix, lab, split=["train"] * len(pix))
+    tr, va, info = split_train_val(m, 0.2, seed=0)
+    assert info["val"] == len(va) > 0 and info["train"] + info["val"] == len(m)
+    assert not set(tr.df["pixel_hash"]) & set(va.df["pixel_hash"])
+    assert set(np.unique(va.labels)) == set(range(7))
+
+
+def test_rows_derived_from_validation_are_dropped():
+    m = demo_manifest(10, seed=4)
+    _, va, _ = split_train_val(m, 0.3, seed=0)
+    child = Manifest.from_arrays(255 - va.pixels[:3], va.labels[:3], source="synthetic",
+                                 parent_id=list(va.df["id"][:3]))
+    tr2, va2, info = split_train_val(Manifest.concat([m, child]), 0.3, seed=0)
+    assert info["dropped_derived_from_val"] == 3
+    assert not (tr2.df["source"] == "synthetic").any()
+    assert set(va2.df["id"]) == set(va.df["id"])
+
+
+def test_test_rows_never_train(tmp_path):
+    m = Manifest.concat([demo_manifest(8, seed=5), demo_manifest(8, seed=6, split="test")])
+    tr, va, _ = split_train_val(m, 0.25, seed=0)
+    test_ids = set(m.df.loc[m.df.split == "test", "id"])
+    assert not test_ids & (set(tr.df["id"]) | set(va.df["id"]))
+
+
+def test_empty_validation_is_an_error():
+    m = demo_manifest(1, seed=7)
+    with pytest.raises(FersynthError, match="validation"):
+        split_train_val(m, 0.1, seed=0)
+
+
+def test_preset_conflict_and_overrides():
+    cfg = resolve_config("sultanov2025", {"epochs": 25})  # agreeing flag is fine
+    assert cfg.model == "vgg19" and cfg.batch_size == 8 and cfg.optimizer == "adam"
+    with pytest.raises(FersynthError, match="--lr 0.01 conflicts with preset 'sultanov2025'"):
+        resolve_config("sultanov2025", {"lr": 0.01})
+    assert resolve_config("sultanov2025", overrides={"lr": 0.01, "augment.rotation": 5}).augment.rotation == 5
+    with pytest.raises(FersynthError, match="config key 'optimizer'"):
+        resolve_config(None, overrides={"optimizer": "lamb"})
+    with pytest.raises(FersynthError, match="unknown preset 'sultanov'"):
+        resolve_config("sultanov")
+
+
+def test_resume_refuses_other_config(demo_train, tmp_path):
+    train(demo_train, resolve_config(None, dict(FAST, epochs=1)), tmp_path / "r", progress=False)
+    with pytest.raises(FersynthError, match="another config"):
+        train(demo_train, resolve_config(None, dict(FAST, epochs=2, lr=0.01)), tmp_path / "r", progress=False)
