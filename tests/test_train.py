@@ -19,28 +19,29 @@ FAST = {"model": "fernet_s", "batch_size": 32, "lr": 0.03, "optimizer": "sgd", "
         "num_threads": 2, "augment": {"rotation": 5, "translate": 0.05, "scale": (0.95, 1.05)}}
 
 
-def demo_manifest(per_class: int, seed: int, split: str = "train") -> Manifest:
-    d = make_demo_faces(per_class, seed=seed)
+def demo_manifest(per_class: int, seed: int, split: str = "train", difficulty: float = 0.5) -> Manifest:
+    d = make_demo_faces(per_class, seed=seed, difficulty=difficulty)
     return Manifest.from_arrays(d.pixels, d.labels, split=split, dataset="demo")
 
 
 @pytest.fixture(scope="module")
 def demo_train():
-    return demo_manifest(50, seed=1)
+    return demo_manifest(30, seed=1)
 
 
-def test_learns_demo_faces_above_chance(demo_train, tmp_path):
-    cfg = resolve_config(None, dict(FAST, epochs=6))
-    summary = train(demo_train, cfg, tmp_path / "run", progress=False)
+def test_learns_demo_faces_above_chance(tmp_path):
+    # Easier faces than the default so that a few CPU seconds of training suffice.
+    cfg = resolve_config(None, dict(FAST, epochs=8, optimizer="adamw", lr=3e-3))
+    summary = train(demo_manifest(80, seed=1, difficulty=0.3), cfg, tmp_path / "run", progress=False)
     ck = load_checkpoint(tmp_path / "run")
-    test = demo_manifest(20, seed=99)
+    test = demo_manifest(20, seed=99, difficulty=0.3)
     probs = predict_proba(ck.model, test.pixels, 48, 1)
     acc = float((probs.argmax(1) == test.labels).mean())
     assert acc > 0.45, f"held-out accuracy {acc:.3f} (chance 0.14)"
     assert summary["best_epoch"] >= 1 and (tmp_path / "run" / "best.json").is_file()
     meta = json.loads((tmp_path / "run" / "best.json").read_text())
     assert meta["architecture"] == "fernet_s" and meta["classes"][:2] == ["angry", "disgust"]
-    assert meta["config"]["epochs"] == 6
+    assert meta["config"]["epochs"] == 8
 
 
 def test_resume_matches_uninterrupted(demo_train, tmp_path):
