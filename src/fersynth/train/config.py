@@ -47,6 +47,7 @@ class TrainConfig(BaseModel):
     tta: bool = Field(False, description="average predictions over the image and its mirror at eval")
     amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
     num_threads: int | None = None
+    channels_last: bool = Field(True, description="NHWC memory layout (faster convolutions on CPU and GPU)")
     max_minutes: float | None = Field(None, gt=0, description="stop training after this wall time (epoch granularity)")
 
     @model_validator(mode="after")

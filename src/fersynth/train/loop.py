@@ -194,6 +194,8 @@ def train(
 
     model = create_model(cfg.model, num_classes=num_classes, in_chans=cfg.in_chans, img_size=cfg.img_size,
                          pretrained_path=cfg.pretrained_path)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = _build_optimizer(model, cfg)
     ds = PixelDataset(tr_pix, y_tr, soft)
     world = acc.num_processes
@@ -248,6 +250,8 @@ def train(
             for batch in loader:
                 x = to_model_input(batch["x"].to(acc.device), cfg.img_size, cfg.in_chans)
                 x = augment(x, aug_gen)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 y = batch["y"].to(acc.device)
                 with acc.autocast():
                     logits = model(x)
