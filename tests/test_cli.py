@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA, face, write_img
 
+from conftest import SHARED_DATA
 from fersynth.cli.main import main
 
 

@@ -349,8 +349,14 @@ def test_load_expert_errors(tmp_path, monkeypatch):
     assert ".tflite" in ei.value.hint
     st = tmp_path / "ckpt.safetensors"
     st.write_bytes(b"x")
-    with pytest.raises(FersynthError, match="not wired yet"):
+    with pytest.raises(FersynthError, match="metadata ckpt.json is missing"):
         load_expert(st)
+    st.with_suffix(".json").write_text('{"architecture": "fernet_s"}')
+    with pytest.raises(FersynthError, match="lacks 'num_classes'"):
+        load_expert(st)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(FersynthError, match="not a fersynth run directory"):
+        load_expert(tmp_path / "run")
     tfl = tmp_path / "m.tflite"
     tfl.write_bytes(b"x")
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, face, fer_csv_text, pix_str, write_img
 
+from conftest import SHARED_DATA, face, fer_csv_text, pix_str, write_img
 from fersynth.data.formats import IngestOptions
 from fersynth.data.ingest import ingest
 from fersynth.data.manifest import Manifest

@@ -109,3 +109,30 @@ def test_resume_refuses_other_config(demo_train, tmp_path):
     train(demo_train, resolve_config(None, dict(FAST, epochs=1)), tmp_path / "r", progress=False)
     with pytest.raises(FersynthError, match="another config"):
         train(demo_train, resolve_config(None, dict(FAST, epochs=2, lr=0.01)), tmp_path / "r", progress=False)
+
+
+def test_time_budget_replans_the_schedule():
+    from fersynth.train.loop import _replan
+
+    plan = {"epochs": 10}
+    assert _replan(plan, done=1, elapsed=60, budget=1200) == 10  # 10 x 60 s fits: unchanged
+    assert _replan(plan, done=2, elapsed=400, budget=1200) == 6  # 200 s/epoch: 2 done + 4 more fit
+    assert _replan(plan, done=3, elapsed=500, budget=1200) == 6  # never grows back
+    assert _replan(plan, done=6, elapsed=1300, budget=1200) == 6  # over budget: stop where we are
+
+
+def test_batch_augment_is_seeded_and_erases():
+    from fersynth.train.augment import BatchAugment
+    from fersynth.train.config import AugmentConfig
+
+    x = torch.ones(64, 1, 48, 48)
+    aug = BatchAugment(AugmentConfig(hflip=False, rotation=0, scale=(1.0, 1.0), translate=0.0, erase_p=0.5))
+    a = aug(x, torch.Generator().manual_seed(0))
+    b = aug(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    erased = (a == 0).flatten(1).any(1)
+    assert 16 <= int(erased.sum()) <= 48
+    frac = (a[erased] == 0).flatten(1).float().mean(1)
+    assert float(frac.min()) >= 0.01 and float(frac.max()) <= 0.16 + 1e-6
+    full = BatchAugment(AugmentConfig(rotation=15, blur_p=0.5, erase_p=0.2))(torch.randn(8, 3, 64, 64), torch.Generator().manual_seed(1))
+    assert full.shape == (8, 3, 64, 64) and torch.isfinite(full).all()

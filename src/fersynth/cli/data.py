@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from fersynth.cli.common import (
-    ClassMapOpt, FormatOpt, ImagesOpt, ModeOpt, SizeOpt, SkipBadOpt, ingest_options, print_json, write_json_atomic,
+    ClassMapOpt,
+    FormatOpt,
+    ImagesOpt,
+    ModeOpt,
+    SizeOpt,
+    SkipBadOpt,
+    ingest_options,
+    print_json,
 )
 from fersynth.errors import FersynthError
 

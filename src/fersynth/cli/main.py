@@ -9,9 +9,12 @@ import typer
 from rich.console import Console
 
 from fersynth import __version__
+from fersynth.cli import compose as compose_cli
 from fersynth.cli import data as data_cli
+from fersynth.cli import generate as generate_cli
 from fersynth.cli import models as models_cli
 from fersynth.cli import train as train_cli
+from fersynth.cli import verify as verify_cli
 from fersynth.errors import FersynthError
 
 app = typer.Typer(
@@ -24,6 +27,9 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(models_cli.app, name="models")
 train_cli.register(app)
+verify_cli.register(app)
+compose_cli.register(app)
+generate_cli.register(app)
 
 
 @app.command()

@@ -69,15 +69,15 @@ class BatchAugment:
                 x = x.clone()
                 x[idx] = TF.gaussian_blur(x[idx], kernel_size=[5, 5], sigma=[1.0, 1.0])
         if c.erase_p > 0:
-            pick = (torch.rand(n, generator=gen) < c.erase_p).nonzero().squeeze(1).tolist()
-            if pick:
-                h, w = x.shape[-2:]
-                x = x.clone()
-                eh = (torch.rand(len(pick), generator=gen) * 0.3 * h + 0.1 * h).long().tolist()
-                ew = (torch.rand(len(pick), generator=gen) * 0.3 * w + 0.1 * w).long().tolist()
-                ys = torch.rand(len(pick), generator=gen).tolist()
-                xs = torch.rand(len(pick), generator=gen).tolist()
-                for k, i in enumerate(pick):
-                    top, left = int(ys[k] * (h - eh[k])), int(xs[k] * (w - ew[k]))
-                    x[i] = TF.erase(x[i], top, left, eh[k], ew[k], v=torch.zeros((), device=dev))
+            h, w = x.shape[-2:]
+            pick = (torch.rand(n, generator=gen) < c.erase_p).to(dev)
+            eh = (u(0.1, 0.4) * h).floor()
+            ew = (u(0.1, 0.4) * w).floor()
+            top = (u(0, 1) * (h - eh)).floor()
+            left = (u(0, 1) * (w - ew)).floor()
+            rows = torch.arange(h, device=dev)[None, :, None]
+            cols = torch.arange(w, device=dev)[None, None, :]
+            box = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+                   & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]) & pick[:, None, None])
+            x = x.masked_fill(box[:, None], 0.0)
         return x

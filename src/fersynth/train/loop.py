@@ -110,11 +110,11 @@ def _build_optimizer(model, cfg: TrainConfig):
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
     def f(step):
+        total = plan["epochs"] * steps_per_epoch
         if cfg.scheduler == "onecycle":
             peak = max(1, int(0.25 * total))
             if step < peak:
@@ -204,7 +204,9 @@ def train(
     loader = DataLoader(ds, batch_size=per_proc_bs, shuffle=True, drop_last=len(ds) > per_proc_bs * world,
                         collate_fn=_collate, generator=sampler_gen, num_workers=0)
     steps_per_epoch = math.ceil(len(ds) / (per_proc_bs * world)) if not loader.drop_last else len(ds) // (per_proc_bs * world)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, max(1, steps_per_epoch)))
+    # `plan` holds the epoch count the schedule anneals over; a time budget may shrink it.
+    plan = {"epochs": cfg.epochs}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, max(1, steps_per_epoch), plan))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     weights = _class_weights(y_tr, num_classes).to(acc.device) if cfg.class_weighted else None
     augment = BatchAugment(cfg.augment)
@@ -233,12 +235,16 @@ def train(
         start_epoch, best, best_epoch, bad_epochs = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad_epochs"]
         elapsed = st["elapsed"]
         history = json.loads(st["history"])
+        plan["epochs"] = st.get("planned_epochs", cfg.epochs)
     t_start = time.perf_counter() - elapsed
     bar = _progress(progress and acc.is_main_process)
     stopped = "epochs"
     with bar:
-        task = bar.add_task("train", total=cfg.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch)
+        task = bar.add_task("train", total=plan["epochs"] * steps_per_epoch, completed=start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, cfg.epochs):
+            if epoch >= plan["epochs"]:
+                stopped = "time_budget"
+                break
             if stop_after_epochs is not None and epoch >= stop_after_epochs:
                 stopped = "interrupted"
                 break
@@ -270,13 +276,16 @@ def train(
                 tot_loss += loss.item() * n
                 tot_correct += int((logits.argmax(1) == y).sum())
                 tot_n += n
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg.epochs} loss {tot_loss / tot_n:.3f} acc {tot_correct / tot_n:.3f}")
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{plan['epochs']} loss {tot_loss / tot_n:.3f} acc {tot_correct / tot_n:.3f}")
             model_eval = acc.unwrap_model(model)
             probs = predict_proba(model_eval, va_pix, cfg.img_size, cfg.in_chans, cfg.tta, device=acc.device)
             vm = _quick_metrics(y_va, probs)
             rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_n), "train_accuracy": tot_correct / max(1, tot_n),
                    "val_accuracy": vm["accuracy"], "val_mean_class_accuracy": vm["mean_class_accuracy"],
                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_start}
+            if cfg.max_minutes is not None:
+                rec["planned_epochs"] = _replan(plan, epoch + 1, time.perf_counter() - t_start, cfg.max_minutes * 60)
+                bar.update(task, total=plan["epochs"] * steps_per_epoch)
             history.append(rec)
             score = vm[cfg.monitor]
             improved = score > best
@@ -292,13 +301,10 @@ def train(
                 if improved:
                     save_checkpoint(model_eval, dict(meta_base, epoch=epoch + 1, val_metrics=vm), out / "best")
                 _save_state(state_path, model_eval, opt, sched, cfg, epoch, best, best_epoch, bad_epochs,
-                            time.perf_counter() - t_start, history)
+                            time.perf_counter() - t_start, history, plan["epochs"])
             acc.wait_for_everyone()
             if cfg.patience is not None and bad_epochs >= cfg.patience:
                 stopped = "early_stopping"
-                break
-            if cfg.max_minutes is not None and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes:
-                stopped = "time_budget"
                 break
     summary = {"best_epoch": best_epoch, f"best_val_{cfg.monitor}": best, "epochs_run": len(history),
                "stopped": stopped, "train_seconds": time.perf_counter() - t_start, "split": split_info,
@@ -323,12 +329,23 @@ def _ids_digest(ids) -> str:
     return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
-def _save_state(path: Path, model, opt, sched, cfg, epoch, best, best_epoch, bad_epochs, elapsed, history):
+def _replan(plan: dict, done: int, elapsed: float, budget: float) -> int:
+    """Shrink the planned epoch count when the rest would overrun the time budget, so the LR
+    schedule still anneals by the deadline. Never grows it; never replans on a run with margin."""
+    per_epoch = elapsed / done
+    fits = done + int(max(0.0, budget - elapsed) // per_epoch)
+    if fits < plan["epochs"]:
+        plan["epochs"] = max(done, fits)
+    return plan["epochs"]
+
+
+def _save_state(path: Path, model, opt, sched, cfg, epoch, best, best_epoch, bad_epochs, elapsed, history,
+                planned_epochs):
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True), "epoch": epoch, "best": best,
                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
-                "history": json.dumps(history)}, tmp)
+                "history": json.dumps(history), "planned_epochs": planned_epochs}, tmp)
     os.replace(tmp, path)
 
 
@@ -351,7 +368,13 @@ class _NullBar:
 def _progress(enabled: bool):
     if not enabled:
         return _NullBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn())

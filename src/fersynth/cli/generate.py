@@ -1,0 +1,211 @@
+"""`fersynth generators list`, `fersynth generator train`, `fersynth generate own|sd|merge`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fersynth.cli.common import FormatOpt, SizeOpt
+from fersynth.errors import FersynthError
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+generators_app = typer.Typer(help="List the registered image generators.", no_args_is_help=True)
+generator_app = typer.Typer(help="Train a generator on a real training split.", no_args_is_help=True)
+generate_app = typer.Typer(help="Generate synthetic expression images with provenance.", no_args_is_help=True)
+
+# Options every generate command shares: where to write, target domain, work split.
+OutOpt = typer.Option(..., "--out", "-o", help="Run directory (re-run the same command to resume).")
+DomainSizeOpt = typer.Option(48, "--domain-size", help="Side of the written images (the target dataset's size).")
+ColorOpt = typer.Option("gray", "--color", help="gray | rgb for the written images.")
+DetectOpt = typer.Option(False, "--detect-face/--no-detect-face",
+                         help="Detect a face (OpenCV Haar cascade), crop to it; images without one are dropped.")
+SeedOpt = typer.Option(0, "--seed", help="Base seed; each image gets its own seed derived from it.")
+BatchOpt = typer.Option(16, "--batch-size", help="Images per forward pass.")
+ShardOpt = typer.Option(64, "--shard-size", help="Images per shard (the unit of resume and of work split).")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N.")
+DatasetOpt = typer.Option(None, "--dataset", help="Dataset name for the rows (default: the generator's name).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(generators_app, name="generators")
+    app.add_typer(generator_app, name="generator")
+    app.add_typer(generate_app, name="generate")
+
+
+@generators_app.command("list")
+def list_(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 's*'.")) -> None:
+    """Registered generators, their modes and what they need."""
+    from fersynth.generate import get_generator_entry, list_generators
+
+    t = Table("generator", "modes", "needs", "description")
+    for name in list_generators(pattern):
+        e = get_generator_entry(name)
+        t.add_row(name, ", ".join(e.modes), e.needs, e.description)
+    console.print(t)
+
+
+def _domain(size: int, color: str, detect: bool):
+    from fersynth.faces.convert import DomainSpec
+
+    if color not in ("gray", "rgb"):
+        raise FersynthError(f"--color '{color}' is not gray or rgb")
+    return DomainSpec(size=size, gray=color == "gray", detect_face=detect)
+
+
+def _load(data: Path, format, size):
+    from fersynth.cli.common import ingest_options
+    from fersynth.data.ingest import load_any
+
+    m, _ = load_any(data, format, ingest_options(size, False, None, "auto"), progress=True)
+    return m
+
+
+def _classes(names: list[str] | None, num_classes: int) -> list[int]:
+    from fersynth.labels import CLASSES, canonical_name
+
+    if not names:
+        return list(range(num_classes))
+    out = []
+    for n in names:
+        for part in n.split(","):
+            c = CLASSES.index(canonical_name(part))
+            if c >= num_classes:
+                raise FersynthError(f"class '{part}' is outside the model's {num_classes} classes")
+            out.append(c)
+    return sorted(set(out))
+
+
+def _report(summary: dict, out: Path) -> None:
+    if summary["manifest"] is None:
+        console.print(f"this process finished its shards ({summary['generated_now']} images); "
+                      "the main process merges")
+        return
+    rate = summary.get("images_per_second")
+    console.print(
+        f"{summary['written']} of {summary['requested']} images written"
+        f" ({summary['dropped_no_face']} dropped without a face; {summary['generated_now']} generated now"
+        + (f", {rate:.2f} img/s" if rate else "") + f") -> {summary['manifest']}"
+    )
+
+
+@generator_app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder/file or manifest (real train rows are used)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Weights folder to write (diffusers layout, safetensors)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    img: int = typer.Option(32, "--img-size", help="Side the diffusion model works at."),
+    channels: str = typer.Option("32,64,64", "--channels", help="UNet widths per level, comma-separated."),
+    layers: int = typer.Option(1, "--layers-per-block"),
+    attention: bool = typer.Option(True, "--attention/--no-attention", help="Self-attention at the lowest level."),
+    rgb: bool = typer.Option(False, "--rgb", help="Model RGB images (default grayscale)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    max_steps: int = typer.Option(None, "--max-steps"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time."),
+    p_uncond: float = typer.Option(0.1, "--p-uncond", help="Label dropout for classifier-free guidance."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    format: str = FormatOpt, size: int = SizeOpt,
+) -> None:
+    """Train the `own` class-conditional diffusion model on the real training split."""
+    from pydantic import ValidationError
+
+    from fersynth.generate.own import OwnConfig, resolve_device, train_own
+
+    resolve_device(device)
+    try:
+        widths = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        raise FersynthError(f"--channels '{channels}': expected comma-separated integers, e.g. 32,64,64") from None
+    try:
+        cfg = OwnConfig(size=img, in_channels=3 if rgb else 1, channels=widths, layers_per_block=layers,
+                        attention=attention, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps,
+                        max_minutes=max_minutes, p_uncond=p_uncond, seed=seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise FersynthError(f"generator config {where}: {err['msg']}") from None
+    m = _load(data, format, size)
+    info = train_own(m, cfg, out, progress=not quiet, device=device)
+    console.print(f"{info['steps']} steps on {info['train_images']} images in {info['train_seconds']:.0f} s"
+                  f" (final loss {info['history'][-1]['loss']:.4f}) -> {out} [{info['model_id']}]"
+                  if "model_id" in info else f"-> {out}")
+
+
+@generate_app.command("own")
+def own(
+    weights: Path = typer.Option(..., "--weights", "-w", help="Folder written by `fersynth generator train`."),
+    mode: str = typer.Option("sample", "--mode", "-m", help="sample | expand | edit | guided"),
+    out: Path = OutOpt,
+    data: Path = typer.Option(None, "--data", "-d", help="Real images for expand / edit (train rows only)."),
+    per_class: int = typer.Option(100, "--per-class", help="sample / guided: images per class."),
+    classes: list[str] = typer.Option(None, "--class", help="Only these classes (repeatable or comma-separated)."),
+    k: int = typer.Option(5, "--k", help="expand: variants per real image."),
+    strength: float = typer.Option(0.5, "--strength", help="expand / edit: how far the real image is noised (0..1]."),
+    target: list[str] = typer.Option(None, "--target", help="edit: target class(es); default every other class."),
+    sources_per_class: int = typer.Option(None, "--sources-per-class", help="expand / edit: real images per class (seeded pick)."),
+    classifier: Path = typer.Option(None, "--classifier", help="guided: fersynth FER checkpoint (run dir or .safetensors)."),
+    guidance: float = typer.Option(0.1, "--guidance", help="guided: step size of the classifier's normalised gradient on x0."),
+    guidance_start: float = typer.Option(0.5, "--guidance-start", help="guided: fraction of steps before guidance starts."),
+    cfg_scale: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale (1 = conditional only)."),
+    scheduler: str = typer.Option("ddim", "--scheduler", help="ddim | ddpm | dpmsolver"),
+    steps: int = typer.Option(50, "--steps", help="Denoising steps."),
+    gen_size: int = typer.Option(None, "--gen-size", help="Side the model generates at (default: as trained)."),
+    domain_size: int = DomainSizeOpt, color: str = ColorOpt, detect: bool = DetectOpt,
+    seed: int = SeedOpt, batch_size: int = BatchOpt, shard_size: int = ShardOpt, device: str = DeviceOpt,
+    dataset: str = DatasetOpt, quiet: bool = QuietOpt,
+    format: str = FormatOpt, size: int = SizeOpt,
+) -> None:
+    """Sample, expand, edit or classifier-guide images with the own diffusion model."""
+    from fersynth.generate.base import run_generation
+    from fersynth.generate.own import MODES, OwnGenerator, plan_edit, plan_expand, plan_sample, source_rows
+
+    if mode not in MODES:
+        raise FersynthError(f"unknown mode '{mode}' for generator own", hint=f"choose one of {', '.join(MODES)}")
+    if mode in ("expand", "edit") and not 0 < strength <= 1:
+        raise FersynthError(f"--strength must lie in (0, 1], got {strength}")
+    if mode == "guided" and classifier is None:
+        raise FersynthError("guided mode needs a FER classifier", hint="pass --classifier CHECKPOINT")
+    domain = _domain(domain_size, color, detect)
+    src = None
+    if mode in ("expand", "edit"):
+        if data is None:
+            raise FersynthError(f"{mode} needs real images", hint="pass --data with a train split")
+    gen = OwnGenerator(weights, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, size=gen_size,
+                       device=device, classifier=classifier, guidance=guidance, guidance_start=guidance_start)
+    n = gen.num_classes
+    settings = {"mode": mode, "scheduler": scheduler, "steps": steps, "cfg_scale": cfg_scale, "gen_size": gen.size}
+    if mode in ("sample", "guided"):
+        params = {"cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler}
+        if mode == "guided":
+            params.update(guidance=guidance, guidance_start=guidance_start, classifier=str(classifier))
+        items = plan_sample(_classes(classes, n), per_class, seed, mode, params)
+    else:
+        src = source_rows(_load(data, format, size), n, sources_per_class, seed)
+        wanted = _classes(classes, n) if classes else None
+        if wanted is not None:
+            src = src.select(src.df["label"].isin(wanted).to_numpy())
+        gen.source = src
+        params = {"strength": strength, "cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler}
+        items = (plan_expand(src, k, seed, params) if mode == "expand"
+                 else plan_edit(src, _classes(target, n) if target else None, seed, params, n))
+    settings.update(per_class=per_class, k=k, strength=strength, seed=seed)
+    summary = run_generation(gen, items, out, domain=domain, dataset=dataset or "own", settings=settings,
+                             shard_size=shard_size, batch_size=batch_size, progress=not quiet)
+    _report(summary, out)
+
+
+@generate_app.command("merge")
+def merge(out: Path = typer.Argument(..., help="Generation run directory.")) -> None:
+    """Merge the finished shards of a (multi-process) generation run; refuses while any is unfinished."""
+    from fersynth.generate.base import merge_shards
+
+    m = merge_shards(out)
+    console.print(f"{len(m)} images -> {out / 'manifest'}")
