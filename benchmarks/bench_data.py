@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from fersynth.data.decode import decode_files, default_workers
-from fersynth.data.formats import detect_format, IngestOptions
+from fersynth.data.formats import IngestOptions, detect_format
 from fersynth.data.ingest import ingest
 from fersynth.data.manifest import pixel_hashes
 from fersynth.data.profile import profile

@@ -165,7 +165,14 @@ def own(
 ) -> None:
     """Sample, expand, edit or classifier-guide images with the own diffusion model."""
     from fersynth.generate.base import run_generation
-    from fersynth.generate.own import MODES, OwnGenerator, plan_edit, plan_expand, plan_sample, source_rows
+    from fersynth.generate.own import (
+        MODES,
+        OwnGenerator,
+        plan_edit,
+        plan_expand,
+        plan_sample,
+        source_rows,
+    )
 
     if mode not in MODES:
         raise FersynthError(f"unknown mode '{mode}' for generator own", hint=f"choose one of {', '.join(MODES)}")
@@ -209,3 +216,137 @@ def merge(out: Path = typer.Argument(..., help="Generation run directory.")) -> 
 
     m = merge_shards(out)
     console.print(f"{len(m)} images -> {out / 'manifest'}")
+
+
+@generate_app.command("sd")
+def sd(
+    model: Path = typer.Option(..., "--model", help="Local diffusers folder or single .safetensors checkpoint."),
+    mode: str = typer.Option("sample", "--mode", "-m", help="sample | expand | edit | guided"),
+    out: Path = OutOpt,
+    arch: str = typer.Option(None, "--arch", help="sd | sdxl | sd3 (needed for a single-file checkpoint)."),
+    config: Path = typer.Option(None, "--config", help="Single file: local diffusers folder with the model's configs."),
+    data: Path = typer.Option(None, "--data", "-d", help="Real images for expand / edit (train rows only)."),
+    per_class: int = typer.Option(100, "--per-class", help="sample / guided: images per class."),
+    classes: list[str] = typer.Option(None, "--class", help="Only these classes (repeatable or comma-separated)."),
+    sampling: str = typer.Option("balanced", "--sampling", help="Prompt attributes: balanced | factorial | random."),
+    no_attributes: bool = typer.Option(False, "--no-attributes", help="Emotion phrases only, no attribute grid."),
+    no_aus: bool = typer.Option(False, "--no-aus", help="Leave the action units out of the prompts."),
+    negative: str = typer.Option(None, "--negative", help="Negative prompt (default: the builder's)."),
+    k: int = typer.Option(5, "--k", help="expand: variants per real image."),
+    strength: float = typer.Option(0.5, "--strength", help="expand / edit: img2img strength (0..1]."),
+    target: list[str] = typer.Option(None, "--target", help="edit: target class(es); default every other class."),
+    sources_per_class: int = typer.Option(None, "--sources-per-class", help="expand / edit: real images per class."),
+    classifier: Path = typer.Option(None, "--classifier", help="guided: fersynth FER checkpoint."),
+    guidance: float = typer.Option(0.05, "--guidance", help="guided: step on the prompt embedding (RMS units)."),
+    guidance_start: float = typer.Option(0.5, "--guidance-start", help="guided: fraction of steps before guidance."),
+    cfg_scale: float = typer.Option(7.0, "--cfg", help="Classifier-free guidance scale."),
+    scheduler: str = typer.Option(None, "--scheduler", help="ddim | ddpm | dpmsolver | euler | euler_a | pndm | flow_euler"),
+    steps: int = typer.Option(30, "--steps"),
+    gen_size: int = typer.Option(None, "--gen-size", help="Side generated at (default: the model's native size)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16"),
+    domain_size: int = DomainSizeOpt, color: str = ColorOpt,
+    detect: bool = typer.Option(True, "--detect-face/--no-detect-face",
+                                help="Detect and crop the face (OpenCV Haar); images without one are dropped."),
+    seed: int = SeedOpt, batch_size: int = typer.Option(4, "--batch-size"), shard_size: int = ShardOpt,
+    device: str = DeviceOpt, dataset: str = DatasetOpt, quiet: bool = QuietOpt,
+    format: str = FormatOpt, size: int = SizeOpt,
+) -> None:
+    """Text-to-image, img2img expansion / editing, or classifier-guided generation with Stable Diffusion."""
+    from fersynth.generate.base import run_generation
+    from fersynth.generate.own import resolve_device, source_rows
+    from fersynth.generate.prompts import DEFAULT_NEGATIVE
+    from fersynth.generate.sd import MODES, SdGenerator, plan_img2img, plan_prompts
+
+    if mode not in MODES:
+        raise FersynthError(f"unknown mode '{mode}' for generator sd", hint=f"choose one of {', '.join(MODES)}")
+    if mode in ("expand", "edit") and not 0 < strength <= 1:
+        raise FersynthError(f"--strength must lie in (0, 1], got {strength}")
+    if mode in ("expand", "edit") and data is None:
+        raise FersynthError(f"{mode} needs real images", hint="pass --data with a train split")
+    if mode == "guided" and classifier is None:
+        raise FersynthError("guided mode needs a FER classifier", hint="pass --classifier CHECKPOINT")
+    resolve_device(device)
+    domain = _domain(domain_size, color, detect)
+    gen = SdGenerator(model, arch=arch, config=config, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale,
+                      size=gen_size, device=device, dtype=dtype, classifier=classifier, guidance=guidance,
+                      guidance_start=guidance_start)
+    neg = DEFAULT_NEGATIVE if negative is None else negative
+    n = 8 if classes and any("contempt" in c for c in classes) else 7
+    params = {"cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler or "default"}
+    if mode in ("sample", "guided"):
+        if mode == "guided":
+            params.update(guidance=guidance, guidance_start=guidance_start, classifier=str(classifier))
+        items = plan_prompts(_classes(classes, n), per_class, seed, mode, sampling, {} if no_attributes else None,
+                             neg, not no_aus, params)
+    else:
+        src = source_rows(_load(data, format, size), 8, sources_per_class, seed)
+        if classes:
+            src = src.select(src.df["label"].isin(_classes(classes, 8)).to_numpy())
+        gen.source = src
+        params["strength"] = strength
+        items = plan_img2img(src, mode, seed, params, k=k, targets=_classes(target, 8) if target else None,
+                             num_classes=src.num_classes, negative_prompt=neg, include_aus=not no_aus)
+    settings = {"mode": mode, "family": gen.family, "size": gen.size, "sampling": sampling, "seed": seed, **params}
+    summary = run_generation(gen, items, out, domain=domain, dataset=dataset or "sd", settings=settings,
+                             shard_size=shard_size, batch_size=batch_size, progress=not quiet)
+    _report(summary, out)
+
+
+@generate_app.command("pseudolabel")
+def pseudolabel(
+    folder: Path = typer.Argument(..., help="Folder of unlabelled face images (searched recursively)."),
+    teacher: list[Path] = typer.Option(..., "--teacher", "-t", help="fersynth checkpoint; repeat for an ensemble."),
+    out: Path = typer.Option(..., "--out", "-o", help="Manifest directory to write."),
+    threshold: float = typer.Option(0.8, "--threshold", help="Keep predictions at least this confident."),
+    top_k: int = typer.Option(None, "--top-k", help="Then keep only the K most confident per class."),
+    img: int = typer.Option(48, "--img-size", help="Decode images at this size."),
+    color: str = ColorOpt,
+) -> None:
+    """Label an unlabelled face folder with a teacher (or ensemble); confident rows become source 'pseudo'."""
+    from fersynth.generate.pseudolabel import load_unlabelled
+    from fersynth.generate.pseudolabel import pseudolabel as run
+
+    if color not in ("gray", "rgb"):
+        raise FersynthError(f"--color '{color}' is not gray or rgb")
+    m, bad = load_unlabelled(folder, img, "gray" if color == "gray" else "rgb")
+    if bad:
+        console.print(f"[yellow]skipped {len(bad)} unreadable file(s)[/], e.g. {bad[0][0]}: {bad[0][1]}")
+    labelled, rep = run(m, [str(t) for t in teacher], threshold, top_k)
+    if len(labelled) == 0:
+        raise FersynthError(f"no image reached confidence {threshold}", hint="lower --threshold")
+    labelled.save(out)
+    console.print(f"kept {rep['kept']} of {rep['images']} images ({', '.join(f'{k} {v}' for k, v in rep['per_class'].items())})"
+                  f" -> {out}")
+
+
+@generate_app.command("metrics")
+def metrics(
+    synthetic: Path = typer.Argument(..., help="Generation run directory or manifest."),
+    real: Path = typer.Option(..., "--real", help="Real dataset or manifest (train rows are the reference)."),
+    classifier: Path = typer.Option(..., "--classifier", help="fersynth checkpoint that judges and embeds."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write metrics.json and one grid PNG per class here."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    format: str = FormatOpt, size: int = SizeOpt,
+) -> None:
+    """FER accuracy per class, diversity, Fréchet distance to the real set, sample grids."""
+    from fersynth.cli.common import print_json, write_json_atomic
+    from fersynth.data.manifest import Manifest, is_manifest_dir
+    from fersynth.generate.metrics import synthetic_set_metrics
+
+    path = synthetic / "manifest" if is_manifest_dir(synthetic / "manifest") else synthetic
+    syn = Manifest.load(path)
+    ref = _load(real, format, size).where(split="train")
+    if ref.image_shape[:2] != syn.image_shape[:2]:
+        raise FersynthError(f"real images are {ref.image_shape}, synthetic {syn.image_shape}",
+                            hint="generate with --domain-size matching the real data, or ingest with --size")
+    res = synthetic_set_metrics(syn, ref, classifier, out)
+    if out is not None:
+        write_json_atomic(res, out / "metrics.json")
+    if json_out:
+        print_json(res)
+        return
+    fa = res["fer_accuracy"]
+    console.print(f"FER accuracy {fa['accuracy']:.3f} (mean class {fa['mean_class_accuracy']:.3f}); "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in fa["per_class"].items()))
+    console.print(f"diversity {res['diversity']:.3f} (real {res['diversity_real']:.3f}); "
+                  f"Fréchet distance {res['frechet_distance']:.3f}" + (f"; written -> {out}" if out else ""))

@@ -1,0 +1,488 @@
+"""`own`: a class-conditional diffusion model trained on the real training split, no external weights.
+
+A diffusers `UNet2DModel` takes the class through `num_class_embeds` (one extra "null" class
+for classifier-free guidance, used for dropped labels during training); DDPM training, sampling
+with DDIM / DDPM / DPM-Solver. Modes:
+
+- sample:  N images per class from noise;
+- expand:  K variants of each real training image, noised to `strength` then denoised with
+           its own class (GIF-style expansion, Zhu 2024);
+- edit:    a real training image noised to `strength`, denoised with a target class, so
+           identity and pose survive while the expression changes;
+- guided:  like sample, but in the later steps a FER classifier's cross-entropy on the
+           predicted clean image x0 moves x0 toward the target class (SynFER's semantic
+           guidance, applied to x0 because this model has no text embedding).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fersynth.data.manifest import Manifest
+from fersynth.errors import FersynthError
+from fersynth.generate.base import Generator, WorkItem
+from fersynth.generate.registry import register_generator
+from fersynth.labels import CLASSES
+
+WEIGHTS_META = "fersynth_own.json"
+MODES = ("sample", "expand", "edit", "guided")
+SCHEDULERS = ("ddim", "ddpm", "dpmsolver")
+
+
+class OwnConfig(BaseModel):
+    """Architecture and training settings of the own generator (written into the weights folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(32, ge=8, le=256, description="image side the model is trained at")
+    in_channels: int = Field(1, description="1 grayscale, 3 RGB")
+    channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention: bool = Field(True, description="self-attention at the lowest resolution")
+    num_classes: int | None = Field(None, description="default: the manifest's class count")
+    train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: str = "squaredcos_cap_v2"
+    epochs: int = Field(20, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    p_uncond: float = Field(0.1, ge=0, lt=1, description="label dropout (classifier-free guidance)")
+    ema: float = Field(0.999, ge=0, lt=1)
+    hflip: bool = True
+    seed: int = 0
+    num_threads: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.in_channels not in (1, 3):
+            raise ValueError("in_channels must be 1 or 3")
+        if not self.channels or any(c < 8 for c in self.channels):
+            raise ValueError("channels must be a non-empty list of widths >= 8")
+        f = 2 ** (len(self.channels) - 1)
+        if self.size % f:
+            raise ValueError(f"size {self.size} must be a multiple of {f} for {len(self.channels)} levels")
+        return self
+
+
+def _groups(channels) -> int:
+    return min(32, math.gcd(*channels))
+
+
+def build_unet(cfg: OwnConfig, num_classes: int):
+    from diffusers import UNet2DModel
+
+    n = len(cfg.channels)
+    down, up = ["DownBlock2D"] * n, ["UpBlock2D"] * n
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=cfg.size, in_channels=cfg.in_channels, out_channels=cfg.in_channels,
+        block_out_channels=tuple(cfg.channels), layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=_groups(cfg.channels),
+        attention_head_dim=min(8, cfg.channels[-1]), class_embed_type=None, num_class_embeds=num_classes + 1,
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device; plain `cuda` under torchrun means this process's own GPU (LOCAL_RANK)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FersynthError(f"--device {device}: no CUDA GPU is available here", hint="use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise FersynthError("--device mps: no Apple GPU is available here", hint="use --device cpu")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise FersynthError(f"unknown device '{device}'", hint="use cpu, cuda or cuda:N") from None
+
+
+def to_unit(pixels: np.ndarray, size: int, channels: int) -> torch.Tensor:
+    """uint8 (N,H,W[,3]) -> float (N,C,size,size) in [-1, 1]."""
+    from fersynth.train.augment import to_model_input
+
+    out = [to_model_input(torch.from_numpy(np.ascontiguousarray(pixels[i : i + 512])), size, channels)
+           for i in range(0, len(pixels), 512)]
+    return torch.cat(out)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (N,C,H,W) in [-1, 1] -> uint8 (N,H,W) or (N,H,W,3)."""
+    u = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return (u[:, 0] if u.shape[1] == 1 else u.permute(0, 2, 3, 1)).numpy()
+
+
+def training_rows(manifest: Manifest, num_classes: int) -> Manifest:
+    """The real, labelled training rows a generator may learn from (never val or test)."""
+    m = manifest.where(split="train")
+    if "source" in m.df.columns:
+        m = m.where(source="real")
+    m = m.select((m.labels >= 0) & (m.labels < num_classes))
+    if len(m) == 0:
+        raise FersynthError("no labelled real training images to learn from",
+                            hint="pass a manifest or dataset with a train split")
+    return m
+
+
+def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, progress: bool = True,
+              device: str = "cpu") -> dict:
+    """Train the class-conditional UNet on the real training rows; write a diffusers weights folder."""
+    from diffusers import DDPMScheduler
+
+    dev = resolve_device(device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    num_classes = cfg.num_classes or manifest.num_classes
+    rows = training_rows(manifest, num_classes)
+    x_all = to_unit(rows.pixels, cfg.size, cfg.in_channels)
+    y_all = torch.from_numpy(rows.labels.copy())
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg, num_classes).to(dev)
+    ema = build_unet(cfg, num_classes).to(dev)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    sched = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule=cfg.beta_schedule,
+                          prediction_type="epsilon", clip_sample=True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    lr_at = lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))  # noqa: E731
+    sch = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    null = num_classes
+    t0 = time.perf_counter()
+    step, history, stopped = 0, [], "steps"
+    from fersynth.generate.base import _progress
+
+    with _progress(progress) as bar:
+        task = bar.add_task("own: training", total=total)
+        while step < total:
+            perm = torch.randperm(len(rows), generator=gen)
+            run_loss, n = 0.0, 0
+            for b in range(0, len(perm), cfg.batch_size):
+                if step >= total:
+                    break
+                idx = perm[b : b + cfg.batch_size]
+                x0, y = x_all[idx], y_all[idx].clone()
+                if cfg.hflip:
+                    flip = torch.rand(len(idx), generator=gen) < 0.5
+                    x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+                y[torch.rand(len(idx), generator=gen) < cfg.p_uncond] = null
+                noise = torch.randn(x0.shape, generator=gen)
+                t = torch.randint(0, cfg.train_timesteps, (len(idx),), generator=gen)
+                xt = sched.add_noise(x0, noise, t)
+                unet.train()
+                pred = unet(xt.to(dev), t.to(dev), class_labels=y.to(dev)).sample
+                loss = F.mse_loss(pred, noise.to(dev))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+                opt.step()
+                sch.step()
+                d = min(cfg.ema, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                        pe.lerp_(p, 1 - d)
+                step += 1
+                run_loss += float(loss.detach())
+                n += 1
+                bar.update(task, advance=1)
+                if cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60:
+                    stopped = "max_minutes"
+                    total = step
+                    break
+            history.append({"epoch": len(history) + 1, "loss": run_loss / max(n, 1), "steps": step})
+    seconds = time.perf_counter() - t0
+    info = {
+        "format": "fersynth-own/1",
+        "config": cfg.model_dump(mode="json"),
+        "num_classes": num_classes,
+        "classes": list(CLASSES[:num_classes]),
+        "null_class": null,
+        "train_images": len(rows),
+        "train_dataset": str(rows.df["dataset"].iloc[0]),
+        "steps": step,
+        "stopped": stopped,
+        "train_seconds": round(seconds, 2),
+        "device": str(dev),
+        "history": history,
+    }
+    _save_weights(ema, sched, info, Path(out_dir))
+    return info
+
+
+def _save_weights(unet, sched, info: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        sched.save_pretrained(tmp / "scheduler")
+        wfile = tmp / "unet" / "diffusion_pytorch_model.safetensors"
+        import hashlib
+
+        h = hashlib.blake2b(wfile.read_bytes(), digest_size=6).hexdigest()
+        info = dict(info, model_id=f"own-{h}")
+        (tmp / WEIGHTS_META).write_text(json.dumps(info, indent=2))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_weights_dir(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_dir():
+        raise FersynthError(f"{p}: no weights folder there", hint="train one with `fersynth generator train`")
+    if not (p / WEIGHTS_META).is_file():
+        raise FersynthError(f"{p}: not an own-generator weights folder ({WEIGHTS_META} is missing)",
+                            hint="pass the --out folder of `fersynth generator train`")
+    need = ["unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
+    missing = [n for n in need if not (p / n).is_file()]
+    if missing:
+        raise FersynthError(f"{p}: incomplete weights folder ({', '.join(missing)} missing)",
+                            hint="re-run `fersynth generator train` into a new folder")
+    try:
+        return json.loads((p / WEIGHTS_META).read_text())
+    except json.JSONDecodeError as e:
+        raise FersynthError(f"{p / WEIGHTS_META}: unreadable ({e})") from None
+
+
+def make_scheduler(name: str, config: dict):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    table = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        raise FersynthError(f"unknown scheduler '{name}'",
+                            hint=f"did you mean {close[0]}?" if close else f"choose one of {', '.join(table)}")
+    return table[name].from_config(config)
+
+
+class FerClassifier:
+    """A fersynth checkpoint used differentiably: [-1, 1] images in, logits over canonical classes out."""
+
+    def __init__(self, path: str | os.PathLike, device: torch.device):
+        from fersynth.train.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(path, device=str(device))
+        self.model = ck.model.eval().requires_grad_(False)
+        self.in_chans, self.img_size = int(ck.meta["in_chans"]), int(ck.meta["img_size"])
+        self.classes = ck.classes
+        self.path = str(path)
+
+    def output_index(self, label: int) -> int:
+        name = CLASSES[label]
+        if name not in self.classes:
+            raise FersynthError(f"classifier {self.path} has no class '{name}'",
+                                hint=f"its classes: {', '.join(self.classes)}")
+        return self.classes.index(name)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_chans:
+            x = x.mean(1, keepdim=True) if self.in_chans == 1 else x.expand(-1, self.in_chans, -1, -1)
+        if x.shape[-1] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+class OwnGenerator(Generator):
+    name = "own"
+
+    def __init__(self, weights: str | os.PathLike, *, scheduler: str = "ddim", steps: int = 50,
+                 cfg_scale: float = 2.0, size: int | None = None, device: str = "cpu",
+                 source: Manifest | None = None, classifier: str | os.PathLike | None = None,
+                 guidance: float = 0.1, guidance_start: float = 0.5):
+        from diffusers import UNet2DModel
+
+        self.device = resolve_device(device)
+        self.info = check_weights_dir(weights)
+        self.weights = Path(weights)
+        self.model_id = self.info.get("model_id", self.weights.name)
+        try:
+            self.unet = UNet2DModel.from_pretrained(self.weights / "unet", local_files_only=True,
+                                                    use_safetensors=True).to(self.device).eval()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise FersynthError(f"{self.weights}: cannot load the UNet ({str(e).splitlines()[0][:160]})",
+                                hint="the weights folder is damaged; train again") from None
+        self.unet.requires_grad_(False)
+        self.sched_config = json.loads((self.weights / "scheduler" / "scheduler_config.json").read_text())
+        self.scheduler_name = scheduler
+        make_scheduler(scheduler, self.sched_config)  # validates the name early
+        if steps < 1:
+            raise FersynthError(f"--steps must be >= 1, got {steps}")
+        self.steps, self.cfg_scale = steps, cfg_scale
+        cfg = self.info["config"]
+        self.channels = int(cfg["in_channels"])
+        factor = 2 ** (len(cfg["channels"]) - 1)
+        self.size = int(size or cfg["size"])
+        if self.size % factor or self.size < factor * 2:
+            raise FersynthError(
+                f"this model cannot make {self.size}x{self.size} images",
+                hint=f"use a multiple of {factor} (it was trained at {cfg['size']}); "
+                     "the output is resized to the target domain anyway",
+            )
+        self.num_classes = int(self.info["num_classes"])
+        self.null = int(self.info["null_class"])
+        self.source = source
+        self._source_x = None
+        self.classifier = FerClassifier(classifier, self.device) if classifier else None
+        self.guidance, self.guidance_start = guidance, guidance_start
+
+    def check_label(self, label: int) -> None:
+        if not 0 <= label < self.num_classes:
+            raise FersynthError(f"class {label} is outside this model's {self.num_classes} classes",
+                                hint=f"its classes: {', '.join(self.info['classes'])}")
+
+    def _source_batch(self, items: list[WorkItem]) -> torch.Tensor:
+        if self.source is None:
+            raise FersynthError("expand / edit need the real source images", hint="pass --data")
+        if self._source_x is None:
+            self._source_x = {}
+        idx = [it.parent_index for it in items]
+        new = [i for i in set(idx) if i not in self._source_x]
+        if new:
+            xs = to_unit(self.source.pixels[new], self.size, self.channels)
+            self._source_x.update(zip(new, xs, strict=True))
+        return torch.stack([self._source_x[i] for i in idx]).to(self.device)
+
+    @torch.no_grad()
+    def generate(self, items: list[WorkItem]) -> np.ndarray:
+        modes = {it.mode for it in items}
+        if len(modes) != 1:
+            raise ValueError(f"one mode per batch, got {sorted(modes)}")
+        mode = modes.pop()
+        if mode not in MODES:
+            raise FersynthError(f"unknown mode '{mode}' for generator own", hint=f"choose one of {', '.join(MODES)}")
+        for it in items:
+            self.check_label(it.label)
+        gens = [torch.Generator(self.device).manual_seed(int(it.seed)) for it in items]
+        shape = (self.channels, self.size, self.size)
+        noise = torch.stack([torch.randn(shape, generator=g, device=self.device) for g in gens])
+        sched = make_scheduler(self.scheduler_name, self.sched_config)
+        sched.set_timesteps(self.steps, device=self.device)
+        timesteps = sched.timesteps
+        if mode in ("expand", "edit"):
+            strength = float(items[0].params["strength"])
+            keep = min(max(int(round(self.steps * strength)), 1), self.steps)
+            start = (self.steps - keep) * sched.order
+            timesteps = timesteps[start:]
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(start)
+            x0 = self._source_batch(items)
+            x = sched.add_noise(x0, noise, timesteps[:1].repeat(len(items)))
+        else:
+            x = noise * sched.init_noise_sigma
+        labels = torch.tensor([it.label for it in items], device=self.device)
+        guided = mode == "guided" and self.classifier is not None and self.guidance > 0
+        if mode == "guided" and self.classifier is None:
+            raise FersynthError("guided mode needs a FER classifier", hint="pass --classifier CHECKPOINT")
+        targets = (torch.tensor([self.classifier.output_index(it.label) for it in items], device=self.device)
+                   if guided else None)
+        first_guided = int(math.ceil(self.guidance_start * len(timesteps)))
+        for i, t in enumerate(timesteps):
+            eps = self._eps(sched.scale_model_input(x, t), t, labels)
+            if guided and i >= first_guided:
+                eps = self._guide(x, eps, t, sched, targets)
+            x = sched.step(eps, t, x, generator=gens).prev_sample
+        return to_uint8(x)
+
+    def _eps(self, x, t, labels):
+        if self.cfg_scale == 1.0:
+            return self.unet(x, t, class_labels=labels).sample
+        null = torch.full_like(labels, self.null)
+        out = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
+        cond, uncond = out.chunk(2)
+        return uncond + self.cfg_scale * (cond - uncond)
+
+    def _guide(self, x, eps, t, sched, targets):
+        ab = sched.alphas_cumprod.to(self.device)[int(t)]
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        with torch.enable_grad():
+            x0 = ((x - s * eps) / a).clamp(-1, 1).detach().requires_grad_(True)
+            loss = F.cross_entropy(self.classifier.logits(x0), targets, reduction="sum")
+            (g,) = torch.autograd.grad(loss, x0)
+        rms = g.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
+        x0 = (x0 - self.guidance * g / rms).detach()
+        return (x - a * x0) / s
+
+
+def _item_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def plan_sample(classes: list[int], per_class: int, seed: int, mode: str = "sample", params: dict | None = None
+                ) -> list[WorkItem]:
+    if per_class < 1:
+        raise FersynthError(f"--per-class must be >= 1, got {per_class}")
+    items = []
+    for c in classes:
+        for _ in range(per_class):
+            i = len(items)
+            items.append(WorkItem(i, c, _item_seed(seed, i), mode, f"class={CLASSES[c]}", params=dict(params or {})))
+    return items
+
+
+def plan_expand(source: Manifest, k: int, seed: int, params: dict) -> list[WorkItem]:
+    if k < 1:
+        raise FersynthError(f"--k must be >= 1, got {k}")
+    items = []
+    for j, (rid, lab) in enumerate(zip(source.df["id"], source.labels, strict=True)):
+        for v in range(k):
+            i = len(items)
+            items.append(WorkItem(i, int(lab), _item_seed(seed, i), "expand", f"class={CLASSES[lab]}",
+                                  str(rid), j, dict(params, variant=v)))
+    return items
+
+
+def plan_edit(source: Manifest, targets: list[int] | None, seed: int, params: dict, num_classes: int
+              ) -> list[WorkItem]:
+    items = []
+    for j, (rid, lab) in enumerate(zip(source.df["id"], source.labels, strict=True)):
+        for c in targets if targets is not None else range(num_classes):
+            if c == lab:
+                continue
+            i = len(items)
+            items.append(WorkItem(i, int(c), _item_seed(seed, i), "edit", f"edit {CLASSES[lab]} -> {CLASSES[c]}",
+                                  str(rid), j, dict(params, source_label=int(lab))))
+    return items
+
+
+def source_rows(manifest: Manifest, num_classes: int, per_class: int | None = None, seed: int = 0) -> Manifest:
+    """Real training images to expand / edit; test and val rows never become parents."""
+    rows = training_rows(manifest, num_classes)
+    if per_class is not None:
+        rng = np.random.default_rng(seed)
+        pick = []
+        for c in np.unique(rows.labels):
+            idx = np.flatnonzero(rows.labels == c)
+            pick.extend(sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist()))
+        rows = rows.select(np.array(sorted(pick), dtype=np.int64))
+    return rows
+
+
+@register_generator("own", modes=MODES, needs="weights from `fersynth generator train` (no downloads)",
+                    description="class-conditional diffusion (diffusers UNet2DModel) trained on your real train split")
+def create_own(**kwargs) -> OwnGenerator:
+    return OwnGenerator(**kwargs)
