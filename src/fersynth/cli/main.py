@@ -13,6 +13,7 @@ from fersynth.cli import compose as compose_cli
 from fersynth.cli import data as data_cli
 from fersynth.cli import generate as generate_cli
 from fersynth.cli import models as models_cli
+from fersynth.cli import run as run_cli
 from fersynth.cli import train as train_cli
 from fersynth.cli import verify as verify_cli
 from fersynth.errors import FersynthError
@@ -30,6 +31,7 @@ train_cli.register(app)
 verify_cli.register(app)
 compose_cli.register(app)
 generate_cli.register(app)
+run_cli.register(app)
 
 
 @app.command()

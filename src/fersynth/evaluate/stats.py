@@ -329,3 +329,72 @@ def _as_labels(a, name: str) -> np.ndarray:
 def _finite(values) -> np.ndarray:
     v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
     return v[np.isfinite(v)]
+
+
+def seed_averaged_paired_bootstrap(
+    y_true, pred_a, pred_b, num_classes: int, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """Arm B minus arm A on one test set, each arm trained with several seeds.
+
+    `pred_a` / `pred_b` are (S, N) predicted class indices, one row per seed, on the same N
+    images. Every bootstrap resample draws N images with replacement; on it each metric is
+    computed per seed and averaged over seeds, so the interval reflects test-set sampling of
+    seed-averaged models (the spread across seeds is what `welch_t` tests). Returns point
+    deltas, percentile 95% CIs and two-sided p-values for accuracy, mean class accuracy,
+    macro F1 and per-class recall and F1.
+    """
+    y = _as_labels(y_true, "y_true")
+    pa, pb = np.atleast_2d(np.asarray(pred_a)), np.atleast_2d(np.asarray(pred_b))
+    if pa.shape[1] != len(y) or pb.shape[1] != len(y):
+        raise FersynthError(
+            f"predictions {pa.shape} / {pb.shape} do not fit {len(y)} labels",
+            hint="pass (seeds, images) arrays on the same images",
+        )
+    k, n = int(num_classes), len(y)
+    rng = np.random.default_rng(seed)
+    w = np.ones((1, n))
+    if n_boot:
+        idx = rng.integers(0, n, size=(n_boot, n))
+        w = np.vstack([w, np.stack([np.bincount(r, minlength=n) for r in idx]).astype(np.float64)])
+    yh = np.eye(k)[y]
+    support = w @ yh  # (B+1, K)
+    present = support[0] > 0
+
+    def arm(p):
+        acc, rec, f1 = 0.0, 0.0, 0.0
+        for row in p:
+            tp = w @ (yh * (row == y)[:, None])
+            predc = w @ np.eye(k)[np.clip(row, 0, k - 1)]
+            acc = acc + tp.sum(1) / n
+            rec = rec + np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+            f1 = f1 + np.divide(2 * tp, support + predc, out=np.zeros_like(tp), where=(support + predc) > 0)
+        s = len(p)
+        return acc / s, rec / s, f1 / s
+
+    acc_a, rec_a, f1_a = arm(pa)
+    acc_b, rec_b, f1_b = arm(pb)
+    sup_ok = support > 0
+    mca = lambda r: np.where(sup_ok[:, present], r[:, present], np.nan)  # noqa: E731
+    d = {
+        "accuracy": acc_b - acc_a,
+        "mean_class_accuracy": np.nanmean(mca(rec_b), 1) - np.nanmean(mca(rec_a), 1),
+        "macro_f1": f1_b[:, present].mean(1) - f1_a[:, present].mean(1),
+    }
+
+    def summary(v):
+        point, samples = float(v[0]), v[1:]
+        if not len(samples):
+            return {"delta": point, "ci95": [None, None], "p_value": None}
+        return {"delta": point, "ci95": percentile_ci(samples), "p_value": bootstrap_p_value(point, samples)}
+
+    out = {m: summary(v) for m, v in d.items()}
+    out["per_class"] = {}
+    for c in np.flatnonzero(present):
+        out["per_class"][CLASSES[c]] = {
+            "recall": summary(rec_b[:, c] - rec_a[:, c]),
+            "f1": summary(f1_b[:, c] - f1_a[:, c]),
+            "support": int(support[0, c]),
+        }
+    out.update(n=int(n), seeds_a=int(len(pa)), seeds_b=int(len(pb)), n_boot=int(n_boot),
+               method="paired image bootstrap of seed-averaged metrics")
+    return out

@@ -99,6 +99,27 @@ def sample_grids(m: Manifest, out_dir: str | os.PathLike, per_class: int = 16, c
     return paths
 
 
+def class_grid(m: Manifest, path: str | os.PathLike, per_class: int = 10, scale: int = 2, seed: int = 0,
+               classes: list[int] | None = None) -> Path:
+    """One PNG with a row per class of up to `per_class` seeded samples (blank where a class has fewer)."""
+    rng = np.random.default_rng(seed)
+    labs = np.unique(m.labels) if classes is None else np.asarray(classes)
+    h, w = m.pixels.shape[1], m.pixels.shape[2]
+    grid = np.full((len(labs) * (h + 2), per_class * (w + 2), 3), 255, np.uint8)
+    for r, c in enumerate(labs):
+        idx = np.flatnonzero(m.labels == c)
+        idx = np.sort(rng.choice(idx, min(per_class, len(idx)), replace=False))
+        for q, img in enumerate(m.pixels[idx]):
+            img = img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)
+            grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, q * (w + 2) + 1 : q * (w + 2) + 1 + w] = img
+    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(p), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {p}")
+    return p
+
+
 def synthetic_set_metrics(synthetic: Manifest, real: Manifest, classifier: str | os.PathLike,
                           out_dir: str | os.PathLike | None = None) -> dict:
     """FER accuracy by `classifier` (a fersynth checkpoint), diversity and Fréchet distance in its feature space."""

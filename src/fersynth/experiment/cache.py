@@ -1,0 +1,100 @@
+"""Content-hash stage cache: a stage whose inputs and config hash to a finished artifact is skipped.
+
+Each stage lives in `stages/<stage id>/`. `key.json` records the hash of what the stage was
+run with; `done.json` is written last, so a stage without it is unfinished and is resumed (the
+stage's own code picks up in the same folder: training from its last epoch, generation from
+its finished shards). A stage whose key changed is cleared and run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def digest(obj) -> str:
+    """A short stable hash of any JSON-able object."""
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def fingerprint(path: str | os.PathLike) -> dict:
+    """What identifies a dataset or weights on disk without reading it: file count, bytes, newest mtime."""
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return {"path": str(p.resolve()), "files": 1, "bytes": st.st_size, "mtime": int(st.st_mtime)}
+    files, size, newest = 0, 0, 0.0
+    for root, _, names in os.walk(p):
+        for n in names:
+            try:
+                st = os.stat(os.path.join(root, n))
+            except OSError:
+                continue
+            files += 1
+            size += st.st_size
+            newest = max(newest, st.st_mtime)
+    return {"path": str(p.resolve()), "files": files, "bytes": size, "mtime": int(newest)}
+
+
+def _write_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class StageCache:
+    """Runs stages in `root/stages`, skipping those already done with the same key."""
+
+    def __init__(self, root: str | os.PathLike, log: Callable[[str], None] = print):
+        self.root = Path(root) / "stages"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.hits: list[str] = []
+        self.ran: list[str] = []
+
+    def path(self, stage_id: str) -> Path:
+        return self.root / stage_id
+
+    def done(self, stage_id: str, key: str) -> bool:
+        f = self.path(stage_id) / "done.json"
+        if not f.is_file():
+            return False
+        try:
+            return json.loads(f.read_text()).get("key") == key
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    def run(self, stage_id: str, key_obj, fn: Callable[[Path], dict | None]) -> tuple[Path, str]:
+        """Run `fn(stage_dir)` unless done; returns (stage dir, key)."""
+        key = digest(key_obj)
+        d = self.path(stage_id)
+        if self.done(stage_id, key):
+            self.hits.append(stage_id)
+            self.log(f"cache hit   {stage_id} [{key}]")
+            return d, key
+        kf = d / "key.json"
+        state = "run"
+        if d.exists():
+            old = None
+            try:
+                old = json.loads(kf.read_text()).get("key") if kf.is_file() else None
+            except (OSError, json.JSONDecodeError):
+                pass
+            if old != key:
+                shutil.rmtree(d)
+                state = "rerun"  # its inputs or config changed
+            else:
+                state = "resume"
+        d.mkdir(parents=True, exist_ok=True)
+        _write_json({"key": key, "inputs": key_obj}, kf)
+        self.log(f"{state:<11} {stage_id} [{key}]")
+        t0 = time.perf_counter()
+        info = fn(d) or {}
+        _write_json({"key": key, "seconds": round(time.perf_counter() - t0, 2), **info}, d / "done.json")
+        self.ran.append(stage_id)
+        return d, key

@@ -1,0 +1,228 @@
+"""`fersynth run`: config validation, the cached stage graph, failure isolation, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fersynth.cli.main import main
+from fersynth.data.demo import write_demo_folder
+from fersynth.errors import FersynthError
+from fersynth.experiment import config_from_dict, run_experiment
+from fersynth.experiment.cache import StageCache
+from fersynth.experiment.config import load_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("exp") / "faces"
+    counts = {"angry": 10, "disgust": 4, "fear": 10, "happy": 14, "sad": 10, "surprise": 8, "neutral": 10}
+    return write_demo_folder(d, counts, seed=3, test_per_class=4, size=24)
+
+
+def tiny(data: Path, **extra) -> dict:
+    cfg = {
+        "name": "tiny",
+        "data": {"path": str(data), "val_fraction": 0.2, "quality": False},
+        "train": {"preset": None, "set": {"model": "mini_xception", "img_size": 24, "epochs": 1, "batch_size": 16,
+                                          "num_threads": 1}},
+        "generators": {"own": {"kind": "own", "per_class": 3, "steps": 2, "batch_size": 21,
+                               "train": {"size": 16, "channels": [8, 16], "attention": False, "max_steps": 3,
+                                         "batch_size": 16, "num_threads": 1}}},
+        "verify": {"experts": ["baseline"], "policy": {"mode": "mean", "threshold": 0.0, "dedup": False}},
+        "arms": [{"name": "baseline", "strategy": "real"},
+                 {"name": "oversample", "strategy": "oversample", "rho": 2},
+                 {"name": "own-append", "strategy": "append", "generator": "own", "n": 2}],
+        "seeds": [0],
+        "n_boot": 50,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def first_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    cfg = config_from_dict(tiny(data))
+    return out, run_experiment(cfg, out, progress=False)
+
+
+def test_run_writes_report_csv_and_config(first_run):
+    out, res = first_run
+    assert not res["failed"] and not res["not_run"]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["arm"], r["seed"], r["test_set"]) for r in rows) == [
+        ("baseline", "0", "test"), ("oversample", "0", "test"), ("own-append", "0", "test")]
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1 and r["val_mean_class_accuracy"] != ""
+    by = {r["arm"]: r for r in rows}
+    assert int(by["own-append"]["train_synthetic"]) == 14 and int(by["baseline"]["train_synthetic"]) == 0
+    md = (out / "report.md").read_text()
+    for section in ("## Outcome", "## Dataset", "## Synthetic images", "## Training sets",
+                    "## Results on the in-domain test set", "Per-class precision", "## Resolved config"):
+        assert section in md
+    assert "Best synthetic arm by validation mean class accuracy: **own-append**" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "<table>" in page
+    assert "data:image/png;base64,\"" not in page  # every figure has its bytes
+    assert yaml.safe_load((out / "config.yaml").read_text())["name"] == "tiny"
+    # validation is the same rows for every arm: carved once
+    vals = {json.loads((out / "stages" / f"train-{a}-s0" / "best.json").read_text())["val_ids_sha"]
+            for a in ("baseline", "oversample", "own-append")}
+    assert len(vals) == 1
+
+
+def test_synthetic_rows_provenance_and_no_test_parents(first_run):
+    from fersynth.data.manifest import Manifest
+
+    out, _ = first_run
+    m = Manifest.load(out / "stages" / "compose-own-append-s0" / "manifest")
+    syn = m.df[m.df["source"] == "synthetic"]
+    assert len(syn) == 14 and (syn["split"] == "train").all() and (syn["generator"] == "own").all()
+    real = Manifest.load(out / "stages" / "data" / "manifest")
+    assert set(real.df["split"]) == {"train", "val", "test"}
+    assert (m.df["split"] == "val").sum() == (real.df["split"] == "val").sum()
+
+
+def test_rerun_with_an_arm_added_recomputes_only_that_arm(first_run, data):
+    out, first = first_run
+    cfg = tiny(data)
+    cfg["arms"].append({"name": "weighted", "strategy": "class-weighted"})
+    res = run_experiment(config_from_dict(cfg), out, progress=False)
+    assert sorted(res["ran"]) == ["compose-weighted-s0", "eval-weighted-s0-test", "train-weighted-s0"]
+    assert set(first["ran"]) <= set(res["cache_hits"])
+    log = (out / "run.log").read_text()
+    assert "cache hit   train-baseline-s0" in log and "cache hit   gen-own-images" in log
+
+
+def test_missing_generator_weights_skip_only_that_arm(data, tmp_path):
+    cfg = tiny(data, generators={"sdx": {"kind": "sd", "weights": str(tmp_path / "no-such-model")}})
+    cfg["arms"] = [{"name": "baseline", "strategy": "real"},
+                   {"name": "sd-append", "strategy": "append", "generator": "sdx", "n": 2}]
+    res = run_experiment(config_from_dict(cfg), tmp_path / "run", progress=False)
+    assert list(res["not_run"]) == ["sd-append"] and "weights not found" in res["not_run"]["sd-append"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Not run" in md and "sd-append" in md
+    assert "baseline" in (tmp_path / "run" / "results.csv").read_text()
+
+
+def test_failing_stage_keeps_earlier_stages_cached(data, tmp_path, monkeypatch):
+    import fersynth.train.loop as loop
+
+    cfg = tiny(data)
+    cfg["arms"] = cfg["arms"][:2]
+    real_train = loop.train
+
+    def flaky(manifest, tcfg, out_dir, **kw):
+        if "oversample" in str(out_dir):
+            raise RuntimeError("disk on fire")
+        return real_train(manifest, tcfg, out_dir, **kw)
+
+    monkeypatch.setattr(loop, "train", flaky)
+    res = run_experiment(config_from_dict(cfg), tmp_path / "run", progress=False)
+    assert "train-oversample-s0" in res["failed"] and "RuntimeError: disk on fire" in res["failed"]["train-oversample-s0"]
+    assert (tmp_path / "run" / "logs" / "train-oversample-s0.log").is_file()
+    monkeypatch.setattr(loop, "train", real_train)
+    res2 = run_experiment(config_from_dict(cfg), tmp_path / "run", progress=False)
+    assert "train-baseline-s0" in res2["cache_hits"] and "compose-oversample-s0" in res2["cache_hits"]
+    assert "train-oversample-s0" in res2["ran"] and not res2["failed"]
+
+
+def test_stage_cache_resumes_unfinished_and_reruns_changed(tmp_path):
+    logs = []
+    c = StageCache(tmp_path, log=logs.append)
+    calls = []
+
+    def work(d):
+        calls.append(sorted(p.name for p in d.iterdir()))
+        (d / "partial").write_text("x")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed mid-stage
+
+    with pytest.raises(KeyboardInterrupt):
+        c.run("s", {"a": 1}, work)
+    c.run("s", {"a": 1}, work)  # same key: resumed in place, the partial work is still there
+    assert calls[1] == ["key.json", "partial"] and "resume" in logs[-1]
+    c.run("s", {"a": 1}, work)
+    assert len(calls) == 2 and logs[-1].startswith("cache hit")
+    c.run("s", {"a": 2}, work)  # changed inputs: cleared and run again
+    assert calls[2] == ["key.json"] and logs[-1].startswith("rerun")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["arms"][1].update(nn=3), "unknown key 'arms[1].nn'"),
+    (lambda c: c["data"].update(pth="x"), "unknown key 'data.pth' (hint: did you mean 'path'?)"),
+    (lambda c: c.update(baseline_arm="nope"), "baseline_arm 'nope' is not an arm"),
+    (lambda c: c["arms"][2].update(generator="owm"), "unknown generator 'owm' (did you mean 'own'?)"),
+    (lambda c: c["arms"][1].pop("rho"), "strategy 'oversample' needs `rho`"),
+    (lambda c: c["arms"][0].update(strategy="rael"), "arms[0].strategy"),
+    (lambda c: c.update(seeds=[]), "seeds"),
+    (lambda c: c["generators"]["own"].update(kind="sd"), "generators.own"),
+])
+def test_config_errors_name_the_yaml_key(data, edit, message):
+    cfg = tiny(data)
+    edit(cfg)
+    with pytest.raises(FersynthError) as e:
+        config_from_dict(cfg)
+    assert message in str(e.value)
+
+
+def test_cli_bad_inputs_are_one_line_exit_2(data, tmp_path, capsys):
+    def run(*argv):
+        rc = main(list(argv))
+        err = capsys.readouterr().err.strip()
+        return rc, err
+
+    rc, err = run("run", str(tmp_path / "missing.yaml"))
+    assert rc == 2 and "no config file there" in err and len(err.splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\narms: [\n")
+    rc, err = run("run", str(bad))
+    assert rc == 2 and "not valid YAML" in err and len(err.splitlines()) == 1
+    cfg = tiny(data)
+    cfg["data"]["path"] = "does/not/exist"
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    rc, err = run("run", str(p), "--out", str(tmp_path / "r"), "-q")
+    assert rc == 2 and "nothing can run" in err and "does/not/exist" in err and len(err.splitlines()) == 1
+    rc, err = run("run", str(p), "--set", "arms.9.n=3")
+    assert rc == 2 and "--set arms.9.n" in err
+    rc, err = run("run", str(p), "--set", "nokey")
+    assert rc == 2 and "expected KEY=VALUE" in err
+
+
+def test_relative_paths_resolve_against_the_config_file(data, tmp_path):
+    cfg = tiny(data)
+    cfg["data"]["path"] = "faces"
+    (tmp_path / "sub").mkdir()
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    c = load_config(p, ["seeds=[1, 2]", "train.set.epochs=3"])
+    assert c.data.path == str((tmp_path / "sub" / "faces").resolve())
+    assert c.seeds == [1, 2] and c.train.set["epochs"] == 3
+
+
+def test_bundled_configs_validate():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"fer2013-cpu.yaml", "sultanov2025.yaml", "zhu2024.yaml"} <= set(names)
+    for p in root.glob("*.yaml"):
+        c = load_config(p)
+        assert c.arms and c.baseline_arm
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path, capsys):
+    """`fersynth demo` with its budgets cut down: the same code path, seconds instead of minutes."""
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--generator-minutes", "0.02", "-q",
+               "--set", "seeds=[0]", "--set", "train.set.epochs=1",
+               "--set", "generators.own.per_class=4", "--set", "generators.own.steps=2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "report:" in out
+    assert (tmp_path / "demo" / "run" / "report.html").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "demo" / "run" / "results.csv")))
+    assert {r["arm"] for r in rows} == {"baseline", "oversample", "own-append100", "own-balance"}
