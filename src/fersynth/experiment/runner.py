@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fersynth import __version__
+from fersynth.cli.common import _json_default as _json
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.experiment.cache import StageCache, fingerprint
@@ -261,8 +262,7 @@ class Runner:
 
             real = self.real
             if arm.strategy == "real":
-                m = real
-                m.meta = dict(m.meta, compose={"strategy": "real"})
+                m = Manifest(real.df, real.pixels, real.root, dict(real.meta, compose={"strategy": "real"}))
             else:
                 syn = Manifest.load(pool[0]) if pool else None
                 params = {k: getattr(arm, k) for k in ("n", "rho", "k", "fraction") if getattr(arm, k) is not None}
@@ -415,7 +415,7 @@ class Runner:
             from fersynth.generate.base import run_generation
             from fersynth.generate.own import plan_expand, plan_sample, source_rows
 
-            k = min(real.num_classes, 7) if real.num_classes <= 7 else real.num_classes
+            k = real.num_classes
             domain = DomainSpec(size=real.image_shape[0], gray=real.pixels.ndim == 3)
             counts = _per_class(g.per_class, k)
             cfg_scale = g.cfg_scale if g.cfg_scale is not None else (2.0 if g.kind == "own" else 7.0)
@@ -532,16 +532,6 @@ def _plan_counts(plan_sample, counts: list[int], seed: int, mode: str, params: d
             it.index = len(items)
             items.append(it)
     return items
-
-
-def _json(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike | None = None, progress: bool = True,

@@ -133,40 +133,10 @@ def _class_name(label: int) -> str:
     return CLASSES[label] if 0 <= label < len(CLASSES) else "unlabelled"
 
 
-class _NullBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-
 def _progress(enabled: bool):
-    if not enabled:
-        return _NullBar()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TimeElapsedColumn,
-    )
-    from rich.text import Text
+    from fersynth.progress import progress_bar
 
-    class RateColumn(ProgressColumn):
-        def render(self, task):
-            done = task.completed - task.fields.get("start", 0)
-            s = done / task.elapsed if task.elapsed and done > 0 else None
-            return Text(f"{s:.2f} img/s" if s else "- img/s")
-
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn())
+    return progress_bar(enabled, rate=True)
 
 
 def run_generation(

@@ -170,7 +170,7 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
     from fersynth.generate.base import _progress
 
     with _progress(progress) as bar:
-        task = bar.add_task("own: training", total=total)
+        task = bar.add_task("own: training", total=total, unit="step")
         while step < total:
             perm = torch.randperm(len(rows), generator=gen)
             run_loss, n = 0.0, 0

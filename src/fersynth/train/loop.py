@@ -351,32 +351,7 @@ def _save_state(path: Path, model, opt, sched, cfg, epoch, best, best_epoch, bad
     os.replace(tmp, path)
 
 
-class _NullBar:
-    console = type("C", (), {"print": staticmethod(lambda *a, **k: None)})()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-
 def _progress(enabled: bool):
-    if not enabled:
-        return _NullBar()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from fersynth.progress import progress_bar
 
-    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn())
+    return progress_bar(enabled)
