@@ -122,3 +122,38 @@ def test_holm():
     assert holm([0.2, None, 0.9]) == [pytest.approx(0.4), None, pytest.approx(0.9)]
     assert holm([0.5, 0.9]) == [1.0, 1.0]
     assert holm([]) == []
+
+
+def test_seed_averaged_bootstrap_point_is_the_seed_mean_and_detects_a_class_gain():
+    from fersynth.evaluate.stats import seed_averaged_paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    # arm A: 60% correct everywhere; arm B: the same, but class 2 is always right
+    pa = np.stack([np.where(rng.random(600) < 0.6, y, (y + 1) % 3) for _ in range(3)])
+    pb = pa.copy()
+    pb[:, y == 2] = 2
+    r = seed_averaged_paired_bootstrap(y, pa, pb, 3, n_boot=300, seed=1)
+    acc_a = np.mean([(p == y).mean() for p in pa])
+    acc_b = np.mean([(p == y).mean() for p in pb])
+    assert r["accuracy"]["delta"] == pytest.approx(acc_b - acc_a)
+    rec = lambda p, c: (p[y == c] == c).mean()  # noqa: E731
+    want = np.mean([rec(b, 2) - rec(a, 2) for a, b in zip(pa, pb)])
+    assert r["per_class"]["fear"]["recall"]["delta"] == pytest.approx(want)
+    assert r["per_class"]["fear"]["recall"]["p_value"] < 0.01
+    assert r["per_class"]["angry"]["recall"]["delta"] == 0 and r["per_class"]["angry"]["recall"]["p_value"] == 1.0
+    lo, hi = r["mean_class_accuracy"]["ci95"]
+    assert lo < r["mean_class_accuracy"]["delta"] < hi and lo > 0
+
+
+def test_seed_averaged_bootstrap_null_and_shape_check():
+    from fersynth.evaluate.stats import seed_averaged_paired_bootstrap
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 7, 400)
+    pa = rng.integers(0, 7, (2, 400))
+    pb = rng.integers(0, 7, (2, 400))
+    r = seed_averaged_paired_bootstrap(y, pa, pb, 7, n_boot=300, seed=0)
+    assert r["mean_class_accuracy"]["p_value"] > 0.05
+    with pytest.raises(FersynthError):
+        seed_averaged_paired_bootstrap(y, pa[:, :10], pb, 7)
