@@ -204,6 +204,8 @@ def test_relative_paths_resolve_against_the_config_file(data, tmp_path):
     c = load_config(p, ["seeds=[1, 2]", "train.set.epochs=3"])
     assert c.data.path == str((tmp_path / "sub" / "faces").resolve())
     assert c.seeds == [1, 2] and c.train.set["epochs"] == 3
+    c = load_config(p, ["arms.3={name: weighted, strategy: class-weighted}"])  # index == length appends
+    assert [a.name for a in c.arms][-1] == "weighted"
 
 
 def test_bundled_configs_validate():
@@ -216,9 +218,10 @@ def test_bundled_configs_validate():
 
 
 @pytest.mark.slow
-def test_demo_command_end_to_end(tmp_path, capsys):
+def test_demo_command_end_to_end(tmp_path, capsys, monkeypatch):
     """`fersynth demo` with its budgets cut down: the same code path, seconds instead of minutes."""
-    rc = main(["demo", "--out", str(tmp_path / "demo"), "--generator-minutes", "0.02", "-q",
+    monkeypatch.chdir(tmp_path)  # a relative --out, as a user would type it
+    rc = main(["demo", "--out", "demo", "--generator-steps", "3", "-q",
                "--set", "seeds=[0]", "--set", "train.set.epochs=1",
                "--set", "generators.own.per_class=4", "--set", "generators.own.steps=2"])
     out = capsys.readouterr().out

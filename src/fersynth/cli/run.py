@@ -33,7 +33,7 @@ def run(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the demo data and run."),
-    minutes: float = typer.Option(1.5, "--generator-minutes", help="Training budget of the demo's diffusion model."),
+    steps: int = typer.Option(700, "--generator-steps", help="Training steps of the demo's diffusion model."),
     set_: list[str] = SetOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -41,7 +41,7 @@ def demo(
     from fersynth.experiment import run_experiment
     from fersynth.experiment.demo import prepare_demo
 
-    cfg, run_dir = prepare_demo(out, minutes, sets=set_)
+    cfg, run_dir = prepare_demo(out, steps, sets=set_)
     res = run_experiment(cfg, run_dir, progress=not quiet)
     _finish(res)
 

@@ -178,8 +178,6 @@ class ExperimentConfig(_Strict):
         tn = [t.name for t in self.test_sets]
         if len(set(tn)) != len(tn) or "test" in tn:
             raise ValueError("test set names must be unique and not 'test' (the in-domain set)")
-        if self.verify.enabled and any(e == "baseline" for e in self.verify.experts) and not self.generators:
-            pass
         return self
 
     def arm(self, name: str) -> ArmConfig:
@@ -209,9 +207,14 @@ def _set_dotted(d: dict, dotted: str, value) -> None:
         cur = nxt
     if isinstance(cur, list):
         try:
-            cur[int(parts[-1])] = value
+            i = int(parts[-1])
+            if i == len(cur):  # one past the end appends: --set arms.4={name: x, strategy: real}
+                cur.append(value)
+            else:
+                cur[i] = value
         except (ValueError, IndexError):
-            raise FersynthError(f"--set {dotted}: '{parts[-1]}' is not an index") from None
+            raise FersynthError(f"--set {dotted}: '{parts[-1]}' is not an index (the list has {len(cur)} items)",
+                                hint="use an existing index, or the list's length to append") from None
     else:
         cur[parts[-1]] = value
 
