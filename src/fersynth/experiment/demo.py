@@ -35,7 +35,7 @@ def demo_config(data: str | os.PathLike, steps: int = 700, seeds: tuple[int, ...
             # append takes 100 per class; balance to rho 1.5 needs ~130 more disgust faces
             "per_class": {"angry": 100, "disgust": 170, "fear": 100, "happy": 100, "sad": 100, "surprise": 100,
                           "neutral": 100},
-            "steps": 20, "cfg_scale": 4.0, "batch_size": 180}},
+            "steps": 25, "cfg_scale": 4.0, "batch_size": 180}},
         # The baseline rarely predicts the rare class, so a strict vote would drop the very images the
         # study needs; keep what it gives at least 0.2 probability and relabel confident disagreements.
         "verify": {"experts": ["baseline"], "policy": {"mode": "mean", "threshold": 0.2, "relabel_threshold": 0.8}},

@@ -425,7 +425,7 @@ class Runner:
             if g.kind == "own":
                 from fersynth.generate.own import OwnGenerator
 
-                gen = OwnGenerator(weights, scheduler=g.scheduler or "ddim", steps=g.steps, cfg_scale=cfg_scale,
+                gen = OwnGenerator(weights, scheduler=g.scheduler or "ddpm", steps=g.steps, cfg_scale=cfg_scale,
                                    device=g.device, source=src, classifier=classifier, guidance=g.guidance,
                                    guidance_start=g.guidance_start)
                 params = {"cfg_scale": cfg_scale, "steps": g.steps}

@@ -38,7 +38,10 @@ from fersynth.labels import CLASSES
 
 WEIGHTS_META = "fersynth_own.json"
 MODES = ("sample", "expand", "edit", "guided")
-SCHEDULERS = ("ddim", "ddpm", "dpmsolver")
+# DDPM (stochastic, respaced to `steps`) is the default: with a briefly trained model the
+# deterministic samplers leave about a third of the samples as unresolved noise (measured on
+# the demo model: DDIM 20 steps 33%, DPM-Solver 20 steps 36%, DDPM 25 steps 0%).
+SCHEDULERS = ("ddpm", "ddim", "dpmsolver")
 
 
 class OwnConfig(BaseModel):
@@ -310,7 +313,7 @@ class FerClassifier:
 class OwnGenerator(Generator):
     name = "own"
 
-    def __init__(self, weights: str | os.PathLike, *, scheduler: str = "ddim", steps: int = 50,
+    def __init__(self, weights: str | os.PathLike, *, scheduler: str = "ddpm", steps: int = 25,
                  cfg_scale: float = 2.0, size: int | None = None, device: str = "cpu",
                  source: Manifest | None = None, classifier: str | os.PathLike | None = None,
                  guidance: float = 0.1, guidance_start: float = 0.5):
