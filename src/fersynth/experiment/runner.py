@@ -408,7 +408,8 @@ class Runner:
             ckey = None
         key = {"stage": "generate/1", "model": wkey, "data": self.state.keys[REAL_STAGE], "classifier": ckey,
                "gen": g.model_dump(mode="json", exclude={"train", "weights", "device", "batch_size"}),
-               "shape": list(real.image_shape)}
+               "shape": list(real.image_shape),
+               "sampler": g.scheduler or ("ddpm" if g.kind == "own" else "pipeline default")}
 
         def fn(out: Path):
             from fersynth.faces.convert import DomainSpec
