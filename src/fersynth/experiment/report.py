@@ -155,7 +155,10 @@ def _pct(v, signed=False) -> str:
 def _ci(ci, signed=False) -> str:
     if not ci or ci[0] is None:
         return ""
-    return f"[{_pct(ci[0], signed)}, {_pct(ci[1], signed)}]"
+    lo, hi = ci
+    if not signed:  # a share: a t-interval over few seeds can leave [0, 1]
+        lo, hi = max(0.0, lo), min(1.0, hi)
+    return f"[{_pct(lo, signed)}, {_pct(hi, signed)}]"
 
 
 def _p(p) -> str:
