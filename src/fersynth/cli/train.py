@@ -17,15 +17,9 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _parse_sets(items: list[str] | None) -> dict:
-    import yaml
+    from fersynth.experiment.config import parse_sets
 
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise FersynthError(f"--set '{it}': expected KEY=VALUE", hint="e.g. --set augment.rotation=15")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    return parse_sets(items, example="--set augment.rotation=15")
 
 
 def _load_yaml(path: Path | None) -> dict:

@@ -219,11 +219,12 @@ def _set_dotted(d: dict, dotted: str, value) -> None:
         cur[parts[-1]] = value
 
 
-def parse_sets(sets: list[str] | None) -> dict:
+def parse_sets(sets: list[str] | None, example: str = "--set seeds=[0] or --set train.set.epochs=2") -> dict:
+    """`KEY=VALUE` strings -> {key: YAML-parsed value}."""
     out = {}
     for s in sets or []:
         if "=" not in s:
-            raise FersynthError(f"--set '{s}': expected KEY=VALUE", hint="e.g. --set seeds=[0] or --set train.set.epochs=2")
+            raise FersynthError(f"--set '{s}': expected KEY=VALUE", hint=f"e.g. {example}")
         k, v = s.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out

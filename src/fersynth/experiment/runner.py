@@ -433,7 +433,7 @@ class Runner:
                 if g.mode == "expand":
                     items = plan_expand(src, g.k, g.seed, dict(params, strength=g.strength))
                 else:
-                    items = _plan_counts(plan_sample, counts, g.seed, g.mode, params)
+                    items = _plan_counts(counts, lambda c, n: plan_sample([c], n, g.seed + 7919 * c, g.mode, params))
             else:
                 from fersynth.generate.prompts import DEFAULT_NEGATIVE
                 from fersynth.generate.sd import SdGenerator, plan_img2img, plan_prompts
@@ -448,14 +448,9 @@ class Runner:
                     items = plan_img2img(src, "expand", g.seed, dict(params, strength=g.strength), k=g.k,
                                          negative_prompt=neg, include_aus=pr.get("aus", True))
                 else:
-                    items = []
-                    for c, n in enumerate(counts):
-                        if n:
-                            part = plan_prompts([c], n, g.seed + 7919 * c, g.mode, pr.get("sampling", "balanced"),
-                                                None, neg, pr.get("aus", True), params)
-                            for it in part:
-                                it.index = len(items)
-                                items.append(it)
+                    items = _plan_counts(counts, lambda c, n: plan_prompts(
+                        [c], n, g.seed + 7919 * c, g.mode, pr.get("sampling", "balanced"), None, neg,
+                        pr.get("aus", True), params))
             s = run_generation(gen, items, out, domain=domain, dataset=f"synthetic-{name}",
                                settings={"generator": name, **g.model_dump(mode="json", exclude={"train"})},
                                batch_size=g.batch_size, progress=self.progress)
@@ -524,12 +519,11 @@ def _per_class(spec, k: int) -> list[int]:
     return out
 
 
-def _plan_counts(plan_sample, counts: list[int], seed: int, mode: str, params: dict):
+def _plan_counts(counts: list[int], plan_class):
+    """Work items for `counts[c]` images of each class c, from `plan_class(c, n)`, indexed in order."""
     items = []
     for c, n in enumerate(counts):
-        if not n:
-            continue
-        for it in plan_sample([c], n, seed + 7919 * c, mode, params):
+        for it in plan_class(c, n) if n else []:
             it.index = len(items)
             items.append(it)
     return items

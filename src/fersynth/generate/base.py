@@ -69,6 +69,17 @@ class Generator(ABC):
     @abstractmethod
     def generate(self, items: list[WorkItem]) -> np.ndarray: ...
 
+    def batch_mode(self, items: list[WorkItem], modes: tuple[str, ...]) -> str:
+        """The one mode a batch is in; a batch mixing modes or naming an unknown one is refused."""
+        found = {it.mode for it in items}
+        if len(found) != 1:
+            raise ValueError(f"one mode per batch, got {sorted(found)}")
+        mode = found.pop()
+        if mode not in modes:
+            raise FersynthError(f"unknown mode '{mode}' for generator {self.name}",
+                                hint=f"choose one of {', '.join(modes)}")
+        return mode
+
 
 def _digest(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()

@@ -372,12 +372,7 @@ class OwnGenerator(Generator):
 
     @torch.no_grad()
     def generate(self, items: list[WorkItem]) -> np.ndarray:
-        modes = {it.mode for it in items}
-        if len(modes) != 1:
-            raise ValueError(f"one mode per batch, got {sorted(modes)}")
-        mode = modes.pop()
-        if mode not in MODES:
-            raise FersynthError(f"unknown mode '{mode}' for generator own", hint=f"choose one of {', '.join(MODES)}")
+        mode = self.batch_mode(items, MODES)
         for it in items:
             self.check_label(it.label)
         gens = [torch.Generator(self.device).manual_seed(int(it.seed)) for it in items]

@@ -187,12 +187,7 @@ class SdGenerator(Generator):
         return out
 
     def generate(self, items: list[WorkItem]) -> np.ndarray:
-        modes = {it.mode for it in items}
-        if len(modes) != 1:
-            raise ValueError(f"one mode per batch, got {sorted(modes)}")
-        mode = modes.pop()
-        if mode not in MODES:
-            raise FersynthError(f"unknown mode '{mode}' for generator sd", hint=f"choose one of {', '.join(MODES)}")
+        mode = self.batch_mode(items, MODES)
         gens = [torch.Generator(self.device).manual_seed(int(it.seed)) for it in items]
         kw = dict(prompt=[it.prompt for it in items],
                   negative_prompt=[it.params.get("negative_prompt", "") for it in items],
