@@ -13,7 +13,7 @@ from fersynth.cli.main import main
 from fersynth.data.demo import write_demo_folder
 from fersynth.errors import FersynthError
 from fersynth.experiment import config_from_dict, run_experiment
-from fersynth.experiment.cache import StageCache
+from fersynth.experiment.cache import StageCache, fingerprint
 from fersynth.experiment.config import load_config
 
 
@@ -151,6 +151,33 @@ def test_stage_cache_resumes_unfinished_and_reruns_changed(tmp_path):
     assert len(calls) == 2 and logs[-1].startswith("cache hit")
     c.run("s", {"a": 2}, work)  # changed inputs: cleared and run again
     assert calls[2] == ["key.json"] and logs[-1].startswith("rerun")
+
+
+def test_fingerprint_survives_a_copy_and_sees_a_moved_or_changed_file(data, tmp_path):
+    import os
+    import shutil
+
+    def key(p):
+        f = fingerprint(p)
+        return {k: v for k, v in f.items() if k != "path"}
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)  # a fresh copy: new mtimes, same content
+    for root, _, names in os.walk(copy):
+        for n in names:
+            os.utime(os.path.join(root, n), (1, 1))
+    assert key(copy) == key(data)
+    one = next((copy / "train" / "disgust").iterdir())
+    shutil.move(one, copy / "train" / "happy" / one.name)  # relabelled by moving class folders
+    assert key(copy) != key(data)
+
+    w = tmp_path / "w.bin"
+    w.write_bytes(b"a" * (3 << 20))
+    before = key(w)
+    os.utime(w, (1, 1))
+    assert key(w) == before
+    w.write_bytes(b"a" * ((3 << 20) - 1) + b"b")  # same size, last byte changed
+    assert key(w) != before
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -22,23 +22,44 @@ def digest(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
+_EDGE = 1 << 20  # bytes hashed at each end of a large single file
+
+
 def fingerprint(path: str | os.PathLike) -> dict:
-    """What identifies a dataset or weights on disk without reading it: file count, bytes, newest mtime."""
+    """What identifies a dataset or weights on disk, cheaply and independent of when it was copied.
+
+    A folder: its file count, total bytes and a hash of every relative path with its size (a
+    file moved to another class folder, added or removed changes it). A single file: its size
+    and a hash of its content (all of it up to 2 MiB, else the first and last MiB). Times are
+    left out on purpose: copying or re-mounting a dataset must not invalidate a finished study.
+    An in-place edit that keeps a folder's file sizes is not seen; `--set` a new key to force it.
+    """
     p = Path(path)
+    h = hashlib.blake2b(digest_size=8)
     if p.is_file():
-        st = p.stat()
-        return {"path": str(p.resolve()), "files": 1, "bytes": st.st_size, "mtime": int(st.st_mtime)}
-    files, size, newest = 0, 0, 0.0
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            if size <= 2 * _EDGE:
+                h.update(f.read())
+            else:
+                h.update(f.read(_EDGE))
+                f.seek(size - _EDGE)
+                h.update(f.read(_EDGE))
+        return {"path": str(p.resolve()), "files": 1, "bytes": size, "content": h.hexdigest()}
+    entries = []
     for root, _, names in os.walk(p):
         for n in names:
+            full = os.path.join(root, n)
             try:
-                st = os.stat(os.path.join(root, n))
+                size = os.stat(full).st_size
             except OSError:
                 continue
-            files += 1
-            size += st.st_size
-            newest = max(newest, st.st_mtime)
-    return {"path": str(p.resolve()), "files": files, "bytes": size, "mtime": int(newest)}
+            entries.append((os.path.relpath(full, p), size))
+    entries.sort()
+    for rel, size in entries:
+        h.update(f"{rel}\0{size}\n".encode())
+    return {"path": str(p.resolve()), "files": len(entries), "bytes": sum(s for _, s in entries),
+            "listing": h.hexdigest()}
 
 
 def _write_json(obj, path: Path) -> None:
