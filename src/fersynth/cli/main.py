@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fersynth import __version__
+from fersynth.cli import app as app_cli
 from fersynth.cli import compose as compose_cli
 from fersynth.cli import data as data_cli
 from fersynth.cli import generate as generate_cli
@@ -32,6 +33,7 @@ verify_cli.register(app)
 compose_cli.register(app)
 generate_cli.register(app)
 run_cli.register(app)
+app_cli.register(app)
 
 
 @app.command()

@@ -73,21 +73,30 @@ def _square_box(box, shape, margin: float) -> tuple[int, int, int, int]:
     return x0, y0, side, side
 
 
+def face_box(img: np.ndarray, spec: DomainSpec, detector: Detector | None = None
+             ) -> tuple[int, int, int, int] | None:
+    """The square crop (x, y, side, side) `convert_image` takes from `img`: around the largest
+    detected face with `spec.margin`, or the centre square without detection; None if no face."""
+    h, w = img.shape[:2]
+    if not spec.detect_face:
+        side = min(h, w)
+        return (w - side) // 2, (h - side) // 2, side, side
+    boxes = (detector or haar_detector(spec.min_face))(_gray1(img))
+    if not boxes:
+        return None
+    return _square_box(max(boxes, key=lambda b: b[2] * b[3]), (h, w), spec.margin)
+
+
 def convert_image(img: np.ndarray, spec: DomainSpec, detector: Detector | None = None) -> np.ndarray | None:
     """One uint8 (H, W) or (H, W, 3) image -> the target domain, or None when no face is found."""
     if img.dtype != np.uint8 or img.ndim not in (2, 3):
         raise ValueError(f"expected a uint8 (H,W) or (H,W,3) image, got {img.dtype} {img.shape}")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
-    h, w = img.shape[:2]
-    if spec.detect_face:
-        boxes = (detector or haar_detector(spec.min_face))(_gray1(img))
-        if not boxes:
-            return None
-        x0, y0, side, _ = _square_box(max(boxes, key=lambda b: b[2] * b[3]), (h, w), spec.margin)
-    else:
-        side = min(h, w)
-        x0, y0 = (w - side) // 2, (h - side) // 2
+    box = face_box(img, spec, detector)
+    if box is None:
+        return None
+    x0, y0, side, _ = box
     crop = img[y0 : y0 + side, x0 : x0 + side]
     if spec.gray:
         crop = _gray1(crop)
