@@ -99,6 +99,22 @@ def test_rerun_with_an_arm_added_recomputes_only_that_arm(first_run, data):
     assert "cache hit   train-baseline-s0" in log and "cache hit   gen-own-images" in log
 
 
+def test_an_unverified_arm_draws_from_the_raw_images(first_run, data):
+    from fersynth.data.manifest import Manifest
+
+    out, _ = first_run
+    cfg = tiny(data)
+    cfg["arms"].append({"name": "own-raw", "strategy": "append", "generator": "own", "n": 2, "verified": False})
+    res = run_experiment(config_from_dict(cfg), out, progress=False)
+    assert sorted(res["ran"]) == ["compose-own-raw-s0", "eval-own-raw-s0-test", "train-own-raw-s0"]
+    verified = Manifest.load(out / "stages" / "compose-own-append-s0" / "manifest").df
+    raw = Manifest.load(out / "stages" / "compose-own-raw-s0" / "manifest").df
+    assert (verified.loc[verified.source == "synthetic", "verdict"] == "keep").all()
+    syn = raw[raw.source == "synthetic"]
+    assert len(syn) == 14 and ("verdict" not in syn or syn["verdict"].isna().all())
+    assert "append (unverified)" in (out / "report.md").read_text()
+
+
 def test_missing_generator_weights_skip_only_that_arm(data, tmp_path):
     cfg = tiny(data, generators={"sdx": {"kind": "sd", "weights": str(tmp_path / "no-such-model")}})
     cfg["arms"] = [{"name": "baseline", "strategy": "real"},
@@ -189,6 +205,7 @@ def test_fingerprint_survives_a_copy_and_sees_a_moved_or_changed_file(data, tmp_
     (lambda c: c["arms"][0].update(strategy="rael"), "arms[0].strategy"),
     (lambda c: c.update(seeds=[]), "seeds"),
     (lambda c: c["generators"]["own"].update(kind="sd"), "generators.own"),
+    (lambda c: c["arms"][0].update(verified=False), "no synthetic images to leave unverified"),
 ])
 def test_config_errors_name_the_yaml_key(data, edit, message):
     cfg = tiny(data)

@@ -105,6 +105,8 @@ class ArmConfig(_Strict):
     k: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, ge=0, le=1)
     allow_short: bool = Field(True, description="a pool smaller than asked is used whole; the shortfall is reported")
+    verified: bool = Field(True, description="false: this arm draws from its generator's images unverified "
+                                             "(a control for the verifier)")
     train: dict = Field(default_factory=dict, description="training overrides for this arm only")
 
     @model_validator(mode="after")
@@ -113,6 +115,8 @@ class ArmConfig(_Strict):
             raise ValueError(f"strategy '{self.strategy}' needs `generator`")
         if self.strategy not in SYNTHETIC_STRATEGIES and self.generator:
             raise ValueError(f"strategy '{self.strategy}' uses no generator")
+        if self.strategy not in SYNTHETIC_STRATEGIES and not self.verified:
+            raise ValueError(f"strategy '{self.strategy}' has no synthetic images to leave unverified")
         need = {"append": "n", "balance": "rho", "expand": "k", "mix": "fraction", "oversample": "rho"}
         f = need.get(self.strategy)
         if f and getattr(self, f) is None:

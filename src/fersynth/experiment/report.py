@@ -343,7 +343,7 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
                           _p(acc["p_value"]), _p(acc["welch"]["p_value"]),
                           "yes" if sig_m else "no", "yes" if no_loss else "no"])
         doc.p(f"Best synthetic arm by validation mean class accuracy: **{best.name}** "
-              f"({best.strategy}, generator `{best.generator}`).")
+              f"({best.strategy}, generator `{best.generator}`{'' if best.verified else ', unverified'}).")
         doc.table(["vs", "Δ MCA (pts)", "95% CI", "p (bootstrap)", "p (Welch, seeds)", "Δ acc (pts)", "95% CI",
                    "p (bootstrap)", "p (Welch, seeds)", "MCA gain significant", "accuracy kept"], lines,
                   caption=f"{best.name} minus the reference on the in-domain test set; significant = both p < {ALPHA}")
@@ -433,7 +433,7 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
         vals = [tc.get(x, 0) for x in classes]
         ratio = (max(vals) / min(vals)) if vals and min(vals) > 0 else float("inf")
         short = c.get("shortfall") or {}
-        comp_rows.append([a.name, a.strategy, c.get("train_rows"), c.get("train_synthetic")] + vals
+        comp_rows.append([a.name, a.strategy + ("" if a.verified else " (unverified)"), c.get("train_rows"), c.get("train_synthetic")] + vals
                          + [f"{ratio:.1f}", sum(short.values()) if isinstance(short, dict) else short or 0])
     doc.table(["arm", "strategy", "train rows", "synthetic"] + classes + ["max/min", "shortfall"], comp_rows,
               caption=f"Training rows per arm (seed {cfg.seeds[0]}); validation rows are the same for every arm")

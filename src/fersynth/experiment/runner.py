@@ -148,7 +148,7 @@ class Runner:
         try:
             pool = None
             if arm.generator:
-                pool = self.stage_pool(arm.generator)
+                pool = self.stage_pool(arm.generator, verified=arm.verified)
             for seed in cfg.seeds:
                 train_m, ckey = self.stage_compose(arm, seed, pool)
                 ck = self.stage_train(arm, seed, train_m, ckey)
@@ -255,7 +255,7 @@ class Runner:
     def stage_compose(self, arm: ArmConfig, seed: int, pool: tuple[Path, str] | None) -> tuple[Path, str]:
         sid = f"compose-{arm.name}-s{seed}"
         key = {"stage": "compose/1", "data": self.state.keys[REAL_STAGE], "pool": pool[1] if pool else None,
-               "arm": arm.model_dump(mode="json", exclude={"train", "name"}), "seed": seed}
+               "arm": arm.model_dump(mode="json", exclude={"train", "name", "verified"}), "seed": seed}
 
         def fn(out: Path):
             from fersynth.compose import compose
@@ -336,23 +336,25 @@ class Runner:
         sid = f"train-{base}-s{s0}"
         return self.state.trains[(base, s0)], self.state.keys[sid]
 
-    def stage_pool(self, name: str) -> tuple[Path, str]:
-        """The synthetic pool of generator `name`: images, verified when verification is on."""
-        if name in self.state.generators:
-            g = self.state.generators[name]
-            if "error" in g:
-                raise StageFailed(g["stage"], g["error"])
-            return g["pool"], g["pool_key"]
-        try:
-            images, ikey = self.stage_images(name)
-            pool, pkey = images / "manifest", ikey
-            if self.cfg.verify.enabled:
-                pool, pkey = self.stage_verify(name, images, ikey)
-        except StageFailed as e:
-            self.state.generators[name] = {"stage": e.stage, "error": e.reason}
-            raise
-        self.state.generators[name] = {"images": images, "pool": pool, "pool_key": pkey}
-        return pool, pkey
+    def stage_pool(self, name: str, verified: bool = True) -> tuple[Path, str]:
+        """The synthetic pool of generator `name`: its images, verified when verification is on
+        and the arm does not ask for them unverified (the pool's key tells the two apart)."""
+        if name not in self.state.generators:
+            try:
+                images, ikey = self.stage_images(name)
+                g = {"images": images, "raw_pool": images / "manifest", "raw_key": ikey}
+                if self.cfg.verify.enabled:
+                    g["pool"], g["pool_key"] = self.stage_verify(name, images, ikey)
+                else:
+                    g["pool"], g["pool_key"] = g["raw_pool"], ikey
+            except StageFailed as e:
+                self.state.generators[name] = {"stage": e.stage, "error": e.reason}
+                raise
+            self.state.generators[name] = g
+        g = self.state.generators[name]
+        if "error" in g:
+            raise StageFailed(g["stage"], g["error"])
+        return (g["pool"], g["pool_key"]) if verified else (g["raw_pool"], g["raw_key"])
 
     def stage_generator_model(self, name: str, g: GeneratorConfig) -> tuple[Path, str]:
         sid = f"gen-{name}-model"
