@@ -12,7 +12,6 @@ both drive this class.
 
 from __future__ import annotations
 
-import difflib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ import numpy as np
 import yaml
 
 from fersynth.errors import FersynthError
-from fersynth.faces.convert import Detector, DomainSpec, face_box
-from fersynth.labels import CLASSES, SYNONYMS
+from fersynth.faces.convert import Detector, DomainSpec, crop_to_domain, face_box
+from fersynth.labels import canonical_name
 
 DEFAULT_PLAYLISTS = Path(__file__).with_name("playlists.yaml")
 
@@ -68,11 +67,10 @@ def load_playlists(path: str | os.PathLike | None = None) -> dict[str, Playlist]
         raise FersynthError(f"{path}: expected a mapping of emotion -> playlist", hint="see fersynth/app/playlists.yaml")
     out: dict[str, Playlist] = {}
     for key, value in raw.items():
-        emotion = SYNONYMS.get(str(key).strip().lower())
-        if emotion is None:
-            close = difflib.get_close_matches(str(key).lower(), list(SYNONYMS), n=1)
-            raise FersynthError(f"{path}: unknown emotion '{key}'",
-                                hint=f"did you mean '{close[0]}'?" if close else f"use one of {', '.join(CLASSES)}")
+        try:
+            emotion = canonical_name(str(key))
+        except FersynthError as e:
+            raise FersynthError(f"{path}: unknown emotion '{key}'", hint=e.hint) from None
         if emotion in out:
             raise FersynthError(f"{path}: emotion '{emotion}' is given twice (key '{key}')")
         if isinstance(value, list):
@@ -101,6 +99,13 @@ def load_playlists(path: str | os.PathLike | None = None) -> dict[str, Playlist]
 
 
 # --------------------------------------------------------------------------- smoothing
+def check_smoothing(alpha: float, hold: int) -> None:
+    if not 0 < alpha <= 1:
+        raise FersynthError(f"smoothing alpha {alpha} out of range", hint="use 0 < alpha <= 1")
+    if hold < 1:
+        raise FersynthError(f"hold {hold} must be >= 1")
+
+
 class EmotionSmoother:
     """Exponential moving average of class probabilities with a hold rule for switching.
 
@@ -109,16 +114,18 @@ class EmotionSmoother:
     """
 
     def __init__(self, num_classes: int, alpha: float = 0.35, hold: int = 4):
-        if not 0 < alpha <= 1:
-            raise FersynthError(f"smoothing alpha {alpha} out of range", hint="use 0 < alpha <= 1")
-        if hold < 1:
-            raise FersynthError(f"hold {hold} must be >= 1")
+        check_smoothing(alpha, hold)
         self.alpha, self.hold = float(alpha), int(hold)
         self.probs = np.zeros(num_classes, dtype=np.float64)
         self.current: int | None = None
         self._candidate: int | None = None
         self._streak = 0
         self._seen = False
+
+    @property
+    def seen(self) -> bool:
+        """Whether any frame has been added."""
+        return self._seen
 
     def update(self, probs: np.ndarray) -> bool:
         """Add one frame's probabilities; True when the reported emotion changed."""
@@ -185,25 +192,19 @@ class LiveSession:
         """The square face box and its crop resized to 96 x 96 RGB, or (None, None)."""
         img = _as_rgb(frame)
         box = face_box(img, self.spec, self.detector)
-        if box is None:
-            return None, None
-        x, y, s, _ = box
-        crop = cv2.resize(np.ascontiguousarray(img[y : y + s, x : x + s]), (96, 96),
-                          interpolation=cv2.INTER_AREA if s > 96 else cv2.INTER_LINEAR)
-        return box, crop
+        return (None, None) if box is None else (box, crop_to_domain(img, box, self.spec))
 
     def step(self, frame: np.ndarray) -> Reading:
-        img = _as_rgb(frame)
-        size = (int(img.shape[1]), int(img.shape[0]))
-        box, crop = self.face(img)
+        box, crop = self.face(frame)
+        h, w = np.asarray(frame).shape[:2]
         if crop is None:  # no face: the music stays as it is
-            return Reading(None, None, self._named(self.smoother.probs) if self.smoother._seen else None,
-                           self.emotion, False, self.playlist(), size)
+            return Reading(None, None, self._named(self.smoother.probs) if self.smoother.seen else None,
+                           self.emotion, False, self.playlist(), (w, h))
         with self._lock:  # one model, possibly several browser sessions
             p = self.expert.predict_proba(crop[None])[0]
         changed = self.smoother.update(p)
         return Reading(box, self._named(p), self._named(self.smoother.probs), self.emotion, changed,
-                       self.playlist(), size)
+                       self.playlist(), (w, h))
 
     def _named(self, p: np.ndarray) -> dict[str, float]:
         return {c: round(float(v), 4) for c, v in zip(self.classes, p)}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import typer
 
+from fersynth.atomic import atomic_open
 from fersynth.errors import FersynthError
 
 
@@ -34,7 +34,7 @@ def live_app(
 
     Serves a page at http://HOST:PORT that uses the browser's camera; frames are scored by the
     server and not stored. With --video, the same runs on a file and prints each switch."""
-    from fersynth.app.live import EmotionSmoother, load_playlists
+    from fersynth.app.live import check_smoothing, load_playlists
     from fersynth.verify.experts import load_expert
 
     if out is not None and video is None:
@@ -45,7 +45,7 @@ def live_app(
         raise FersynthError(f"--max-frames {max_frames} must be >= 0")
     if not 0 < port < 65536:
         raise FersynthError(f"--port {port} out of range", hint="use 1..65535")
-    EmotionSmoother(1, alpha=alpha, hold=hold)  # validates alpha / hold before the model loads
+    check_smoothing(alpha, hold)  # before the model loads
     lists = load_playlists(playlists)
     expert = load_expert(model)
     if video is not None:
@@ -76,16 +76,12 @@ def _run_video(expert, lists, source: str, out: Path | None, every: int, max_fra
         raise FersynthError(f"{source}: cannot open as video", hint="give a video file OpenCV can read, or a camera index")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     live = LiveSession(expert, lists, detect=detect, hold=hold, alpha=alpha)
-    tmp = None
-    sink = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        sink = os.fdopen(fd, "w")
     read = processed = faces = 0
     held_frames: dict[str, int] = {}
     t0 = time.perf_counter()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(cap.release)
+        sink = stack.enter_context(atomic_open(out)) if out is not None else None  # kept only on success
         while True:
             ok, frame = cap.read()
             if not ok:
@@ -107,21 +103,8 @@ def _run_video(expert, lists, source: str, out: Path | None, every: int, max_fra
                 sink.write(json.dumps(dict(r.to_dict(), index=read - 1, t=t)) + "\n")
             if max_frames and processed >= max_frames:
                 break
-    except BaseException:
-        if sink:
-            sink.close()
-            os.unlink(tmp)
-        raise
-    finally:
-        cap.release()
-    if read == 0:
-        if sink:
-            sink.close()
-            os.unlink(tmp)
-        raise FersynthError(f"{source}: no frames could be read", hint="is the file a video OpenCV can decode?")
-    if sink:
-        sink.close()
-        os.replace(tmp, out)
+        if read == 0:
+            raise FersynthError(f"{source}: no frames could be read", hint="is the file a video OpenCV can decode?")
     dt = time.perf_counter() - t0
     share = ", ".join(f"{k} {v / processed:.0%}" for k, v in sorted(held_frames.items(), key=lambda kv: -kv[1]))
     print(f"{processed} frames scored ({faces} with a face) in {dt:.1f} s ({processed / max(dt, 1e-9):.1f} frames/s)"

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import typer
 
+from fersynth.atomic import json_default as _json_default
+from fersynth.atomic import write_json_atomic  # noqa: F401  (re-exported for the CLI modules)
 from fersynth.data.formats import IngestOptions
 from fersynth.labels import parse_class_map
 
@@ -26,33 +25,6 @@ def ingest_options(size, skip_bad, class_map, mode, images=None) -> IngestOption
                          class_map=parse_class_map(class_map or []), images=images)
 
 
-def write_json_atomic(obj, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, default=_json_default)
     sys.stdout.write("\n")
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -93,7 +93,7 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, manifest: Manifest, split:
 
 
 def _write_outputs(out: Path, res: dict, rows: Manifest, probs: np.ndarray, model_classes: list[str]) -> None:
-    from fersynth.cli.common import write_json_atomic
+    from fersynth.atomic import write_json_atomic
     from fersynth.evaluate.plots import plot_confusion
 
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fersynth.atomic import write_json_atomic
+
 
 def digest(obj) -> str:
     """A short stable hash of any JSON-able object."""
@@ -62,12 +64,6 @@ def fingerprint(path: str | os.PathLike) -> dict:
             "listing": h.hexdigest()}
 
 
-def _write_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 class StageCache:
     """Runs stages in `root/stages`, skipping those already done with the same key."""
 
@@ -112,10 +108,10 @@ class StageCache:
             else:
                 state = "resume"
         d.mkdir(parents=True, exist_ok=True)
-        _write_json({"key": key, "inputs": key_obj}, kf)
+        write_json_atomic({"key": key, "inputs": key_obj}, kf)
         self.log(f"{state:<11} {stage_id} [{key}]")
         t0 = time.perf_counter()
         info = fn(d) or {}
-        _write_json({"key": key, "seconds": round(time.perf_counter() - t0, 2), **info}, d / "done.json")
+        write_json_atomic({"key": key, "seconds": round(time.perf_counter() - t0, 2), **info}, d / "done.json")
         self.ran.append(stage_id)
         return d, key

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fersynth import __version__
-from fersynth.cli.common import _json_default as _json
+from fersynth.atomic import json_default as _json
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.experiment.cache import StageCache, fingerprint

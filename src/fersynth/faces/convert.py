@@ -94,8 +94,11 @@ def convert_image(img: np.ndarray, spec: DomainSpec, detector: Detector | None =
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]
     box = face_box(img, spec, detector)
-    if box is None:
-        return None
+    return None if box is None else crop_to_domain(img, box, spec)
+
+
+def crop_to_domain(img: np.ndarray, box: tuple[int, int, int, int], spec: DomainSpec) -> np.ndarray:
+    """The square `box` (x, y, side, side) of `img`, in `spec`'s colour mode and size."""
     x0, y0, side, _ = box
     crop = img[y0 : y0 + side, x0 : x0 + side]
     if spec.gray:

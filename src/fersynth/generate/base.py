@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fersynth.atomic import write_json_atomic
 from fersynth.data.manifest import Manifest, is_manifest_dir, pixel_hashes, stable_ids
 from fersynth.errors import FersynthError
 from fersynth.faces.convert import Detector, DomainSpec, convert_batch
@@ -83,14 +83,6 @@ class Generator(ABC):
 
 def _digest(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
-
-
-def _write_json(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def _write_png(img: np.ndarray, path: Path) -> None:
@@ -200,7 +192,7 @@ def run_generation(
                 hint="choose a new --out, or repeat the original command to resume it",
             )
     elif rank == 0:
-        _write_json(run, run_file)
+        write_json_atomic(run, run_file)
 
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     mine = [k for k in range(len(shards)) if k % world_size == rank]
@@ -225,7 +217,7 @@ def run_generation(
                "images_per_second": round(made / seconds, 4) if made and seconds > 0 else None}
     if merged is not None:
         summary = dict(json.loads((out / "summary.json").read_text()), **summary)
-        _write_json(summary, out / "summary.json")
+        write_json_atomic(summary, out / "summary.json")
     summary["manifest"] = str(out / MERGED) if merged is not None else None
     return summary
 
@@ -285,7 +277,7 @@ def _run_shard(gen: Generator, items: list[WorkItem], k: int, out: Path, domain:
     meta = {"shard": k, "items": len(items), "kept": len(kept_items), "dropped_no_face": dropped}
     if m is None:  # an empty shard is still finished: record it as a marker manifest
         shard_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(meta, shard_dir / "empty.json")
+        write_json_atomic(meta, shard_dir / "empty.json")
     else:
         m.meta.update(meta)
         m.save(shard_dir)
@@ -345,7 +337,7 @@ def merge_shards(out_dir: str | os.PathLike, expected_shards: int | None = None,
         parts.append(m)
     requested = run.get("items", 0)
     if not parts:
-        _write_json({"requested": requested, "written": 0, "dropped_no_face": dropped}, out / "summary.json")
+        write_json_atomic({"requested": requested, "written": 0, "dropped_no_face": dropped}, out / "summary.json")
         raise FersynthError(f"{out}: every generated image was dropped ({dropped} without a face)",
                             hint="turn face detection off (--no-detect-face) or check the generator")
     m = Manifest.concat(parts)
@@ -361,7 +353,7 @@ def merge_shards(out_dir: str | os.PathLike, expected_shards: int | None = None,
                   dropped_no_face=dropped)
     m.save(out / MERGED)
     counts = {CLASSES[c]: int(n) for c, n in zip(*np.unique(m.labels, return_counts=True), strict=True)}
-    _write_json({"requested": requested, "written": len(m), "dropped_no_face": dropped,
+    write_json_atomic({"requested": requested, "written": len(m), "dropped_no_face": dropped,
                  "per_class": counts}, out / "summary.json")
     return m
 

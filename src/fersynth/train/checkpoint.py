@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fersynth.atomic import write_json_atomic
 from fersynth.errors import FersynthError
 
 FORMAT_VERSION = 1
@@ -36,15 +37,8 @@ def save_checkpoint(model: torch.nn.Module, meta: dict, path: str | os.PathLike)
     os.close(fd)
     save_file(state, tmp, metadata={"fersynth": str(FORMAT_VERSION), "architecture": meta["architecture"]})
     os.replace(tmp, path.with_suffix(".safetensors"))
-    _write_json(dict(meta, format_version=FORMAT_VERSION), path.with_suffix(".json"))
+    write_json_atomic(dict(meta, format_version=FORMAT_VERSION), path.with_suffix(".json"))
     return path.with_suffix(".safetensors")
-
-
-def _write_json(obj, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, target)
 
 
 def _unwrap(model):

@@ -181,7 +181,7 @@ def audit(
 
 
 def write_outputs(rank: pd.DataFrame, report: dict, out_dir: str | os.PathLike) -> Path:
-    from fersynth.cli.common import write_json_atomic
+    from fersynth.atomic import write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

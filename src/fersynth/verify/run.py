@@ -229,7 +229,7 @@ def _relabel_counts(df: pd.DataFrame) -> dict:
 
 
 def write_outputs(verified: Manifest, report: dict, out_dir: str | os.PathLike) -> Path:
-    from fersynth.cli.common import write_json_atomic
+    from fersynth.atomic import write_json_atomic
 
     out = Path(out_dir)
     verified.save(out)
