@@ -13,7 +13,7 @@ from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.train import resolve_config
 from fersynth.train.checkpoint import load_checkpoint
-from fersynth.train.loop import predict_proba, split_train_val, train
+from fersynth.train.loop import cpu_has_native_bf16, predict_proba, split_train_val, train
 
 FAST = {"model": "fernet_s", "batch_size": 32, "lr": 0.03, "optimizer": "sgd", "scheduler": "onecycle",
         "num_threads": 2, "augment": {"rotation": 5, "translate": 0.05, "scale": (0.95, 1.05)}}
@@ -44,8 +44,9 @@ def test_learns_demo_faces_above_chance(tmp_path):
     assert meta["config"]["epochs"] == 8
 
 
-def test_resume_matches_uninterrupted(demo_train, tmp_path):
-    cfg = resolve_config(None, dict(FAST, epochs=3))
+@pytest.mark.parametrize("amp", ["no", "bf16"])
+def test_resume_matches_uninterrupted(demo_train, tmp_path, amp):
+    cfg = resolve_config(None, dict(FAST, epochs=3, amp=amp))
     full = train(demo_train, cfg, tmp_path / "full", progress=False)
     part = train(demo_train, cfg, tmp_path / "part", progress=False, stop_after_epochs=2)
     assert part["stopped"] == "interrupted" and part["epochs_run"] == 2
@@ -56,6 +57,25 @@ def test_resume_matches_uninterrupted(demo_train, tmp_path):
     a = load_checkpoint(tmp_path / "full").model.state_dict()
     b = load_checkpoint(tmp_path / "part").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    want = "bf16" if amp == "bf16" and cpu_has_native_bf16() else "no"
+    assert full["precision"] == want
+    assert json.loads((tmp_path / "full" / "best.json").read_text())["precision"] == want
+
+
+def test_amp_modes(monkeypatch, demo_train, tmp_path):
+    from fersynth.train import loop
+
+    assert resolve_config(None, {"amp": True}).amp == "auto"  # configs from before the modes
+    assert resolve_config(None, {"amp": False}).amp == "no"
+    with pytest.raises(FersynthError, match="amp"):
+        resolve_config(None, {"amp": "fp8"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loop.resolve_precision("auto") == ("no", None)  # CPU default stays fp32
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: False)
+    prec, note = loop.resolve_precision("bf16")
+    assert prec == "no" and "no native bf16" in note
+    s = train(demo_train, resolve_config(None, dict(FAST, epochs=1, amp="bf16")), tmp_path / "r", progress=False)
+    assert s["precision"] == "no"
 
 
 def test_validation_is_carved_from_train_keeping_duplicates_together():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AugmentConfig(BaseModel):
@@ -45,10 +45,20 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(None, ge=1, description="early stopping on the monitored val metric")
     monitor: Literal["accuracy", "mean_class_accuracy"] = "accuracy"
     tta: bool = Field(False, description="average predictions over the image and its mirror at eval")
-    amp: bool = Field(True, description="mixed precision on GPU (ignored on CPU)")
+    amp: Literal["auto", "bf16", "no"] = Field(
+        "auto",
+        description="mixed precision: auto = bf16 on GPU, fp32 on CPU; bf16 = bf16 autocast on the CPU too "
+        "(about 2x faster convolutions on CPUs with native bf16: AVX512-BF16 or AMX; fp32 elsewhere); no = fp32",
+    )
     num_threads: int | None = None
     channels_last: bool = Field(True, description="NHWC memory layout (faster convolutions on CPU and GPU)")
     max_minutes: float | None = Field(None, gt=0, description="stop training after this wall time (epoch granularity)")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, v):
+        # configs written before the modes existed say `amp: true|false`
+        return {True: "auto", False: "no"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _check(self):

@@ -174,8 +174,10 @@ def train(
     from fersynth.models import create_model
 
     out = Path(out_dir)
-    acc = Accelerator(mixed_precision="bf16" if (cfg.amp and torch.cuda.is_available()) else "no",
-                      cpu=not torch.cuda.is_available())
+    # Autocast is applied here rather than through accelerate's `mixed_precision`, whose
+    # process-wide state can't change between the trainings of one process (a study runs many).
+    precision, precision_note = resolve_precision(cfg.amp)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
@@ -221,6 +223,7 @@ def train(
         "config": cfg.model_dump(mode="json"), "split": split_info,
         "val_ids_sha": _ids_digest(val_m.df["id"]),
     }
+    meta_base["precision"] = precision
     history: list[dict] = []
     start_epoch, best, best_epoch, bad_epochs, elapsed = 0, -1.0, -1, 0, 0.0
     state_path = out / STATE_FILE
@@ -242,6 +245,8 @@ def train(
     bar = _progress(progress and acc.is_main_process)
     stopped = "epochs"
     with bar:
+        if precision_note and acc.is_main_process:
+            bar.console.print(precision_note)
         task = bar.add_task("train", total=plan["epochs"] * steps_per_epoch, completed=start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, cfg.epochs):
             if epoch >= plan["epochs"]:
@@ -261,7 +266,7 @@ def train(
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = batch["y"].to(acc.device)
-                with acc.autocast():
+                with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     logits = model(x)
                     if soft is not None:
                         target = batch["soft"].to(acc.device)
@@ -309,11 +314,36 @@ def train(
                 stopped = "early_stopping"
                 break
     summary = {"best_epoch": best_epoch, f"best_val_{cfg.monitor}": best, "epochs_run": len(history),
-               "stopped": stopped, "train_seconds": time.perf_counter() - t_start, "split": split_info,
+               "stopped": stopped, "train_seconds": time.perf_counter() - t_start, "precision": precision,
+               "split": split_info,
                "history": history, "checkpoint": str(out / "best.safetensors")}
     if acc.is_main_process:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def resolve_precision(amp: str) -> tuple[str, str | None]:
+    """The autocast precision ("bf16" or "no") for a config's `amp`, and a note when a request can't be met.
+
+    bf16 autocast is only worth it where the hardware computes in bf16: a CUDA GPU that supports
+    it, or a CPU whose oneDNN reports native bf16 (AVX512-BF16, AMX). Elsewhere it is emulated
+    and slower than fp32, so the run trains in fp32 and says so. bf16 needs no loss scaling.
+    """
+    if amp == "no":
+        return "no", None
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", None
+        return "no", "amp: this GPU has no bf16; training in fp32"
+    if amp == "auto":
+        return "no", None
+    if cpu_has_native_bf16():
+        return "bf16", None
+    return "no", "amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); training in fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _soft_row(s, y, k):
