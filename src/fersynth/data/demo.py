@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from fersynth.atomic import atomic_dir
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES, canonical_name, class_names
 
@@ -581,10 +580,7 @@ def write_demo_folder(
             test_per_class = {k: max(1, int(v) // 4) if v else 0 for k, v in per_class.items()}
         else:
             test_per_class = max(1, int(per_class) // 4)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+    with atomic_dir(out) as tmp:  # `out` is absent or empty (checked above)
         for split in splits:
             n = per_class if split == "train" else test_per_class
             faces = _generate(n, seed, _split_stream(split), **make_kw)
@@ -595,10 +591,4 @@ def write_demo_folder(
                 if not ok:
                     raise FersynthError(f"could not encode demo image {i}")
                 (tmp / split / faces.classes[lab] / f"{split}_{i}.png").write_bytes(buf.tobytes())
-        if out.exists():
-            out.rmdir()  # empty (checked above); fails loudly if something appeared meanwhile
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

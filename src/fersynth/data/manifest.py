@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fersynth.atomic import atomic_dir
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES
 
@@ -184,9 +183,7 @@ class Manifest:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write atomically: a temporary sibling directory renamed over `directory`."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             df = self.df.copy()
             for col in df.columns:  # nested python objects -> JSON text, so Parquet stays flat
                 if df[col].dtype == object and df[col].map(lambda v: isinstance(v, (dict, list, np.ndarray))).any():
@@ -198,17 +195,6 @@ class Manifest:
             np.save(tmp / PIXELS_FILE, self.pixels)
             meta = dict(self.meta, root=str(self.root), image_shape=list(self.image_shape), rows=len(self))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

@@ -16,13 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fersynth.atomic import write_json_atomic
-
-
-def digest(obj) -> str:
-    """A short stable hash of any JSON-able object."""
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
-
+from fersynth.atomic import digest, write_json_atomic
 
 _EDGE = 1 << 20  # bytes hashed at each end of a large single file
 

@@ -18,7 +18,6 @@ nothing. Each item carries its own seed, so an image does not depend on batching
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fersynth.atomic import write_json_atomic
+from fersynth.atomic import digest, write_json_atomic
 from fersynth.data.manifest import Manifest, is_manifest_dir, pixel_hashes, stable_ids
 from fersynth.errors import FersynthError
 from fersynth.faces.convert import Detector, DomainSpec, convert_batch
@@ -79,10 +78,6 @@ class Generator(ABC):
             raise FersynthError(f"unknown mode '{mode}' for generator {self.name}",
                                 hint=f"choose one of {', '.join(modes)}")
         return mode
-
-
-def _digest(obj) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
 def _write_png(img: np.ndarray, path: Path) -> None:
@@ -179,7 +174,7 @@ def run_generation(
         "dataset": dataset,
         "items": len(items),
         "shard_size": shard_size,
-        "plan_digest": _digest([it.key() for it in items]),
+        "plan_digest": digest([it.key() for it in items]),
     }
     run_file = out / "run.json"
     if run_file.is_file():

@@ -20,8 +20,6 @@ import difflib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fersynth.atomic import atomic_dir
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.generate.base import Generator, WorkItem
@@ -230,28 +229,15 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
 
 
 def _save_weights(unet, sched, info: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    import hashlib
+
+    with atomic_dir(out) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         sched.save_pretrained(tmp / "scheduler")
         wfile = tmp / "unet" / "diffusion_pytorch_model.safetensors"
-        import hashlib
-
         h = hashlib.blake2b(wfile.read_bytes(), digest_size=6).hexdigest()
         info = dict(info, model_id=f"own-{h}")
         (tmp / WEIGHTS_META).write_text(json.dumps(info, indent=2))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def check_weights_dir(path: str | os.PathLike) -> dict:
