@@ -192,6 +192,27 @@ def test_resume_after_kill_no_duplicates(weights, tmp_path):
         run_generation(gen(weights), plan_sample([0], 3, seed=1), out, shard_size=6, progress=False)
 
 
+def test_training_resumes_mid_epoch_to_the_same_weights(real, tmp_path):
+    from safetensors.torch import load_file
+
+    from fersynth.generate.own import resume_path
+
+    cfg = OwnConfig(**dict(TINY, epochs=3))  # 2 steps per epoch: step 3 stops inside epoch 2
+    full = train_own(real, cfg, tmp_path / "full", progress=False)
+    assert train_own(real, cfg, tmp_path / "part", progress=False, stop_after_steps=3) is None
+    assert resume_path(tmp_path / "part").is_file() and not (tmp_path / "part").exists()
+    with pytest.raises(FersynthError, match="another config or data"):
+        train_own(real, OwnConfig(**dict(TINY, epochs=3, lr=0.01)), tmp_path / "part", progress=False)
+    # checkpoint_seconds=0 also rewrites the state before every step on the way
+    resumed = train_own(real, cfg, tmp_path / "part", progress=False, checkpoint_seconds=0)
+    assert not resume_path(tmp_path / "part").exists()
+    assert resumed["steps"] == full["steps"] == 6
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    a = load_file(tmp_path / "full" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "part" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_work_split_across_processes(weights, tmp_path):
     items = plan_sample(list(range(7)), 1, seed=4)
     out = tmp_path / "split"

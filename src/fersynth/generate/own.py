@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fersynth.atomic import atomic_dir
+from fersynth.atomic import atomic_dir, atomic_open, digest
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.generate.base import Generator, WorkItem
@@ -139,9 +139,22 @@ def training_rows(manifest: Manifest, num_classes: int) -> Manifest:
     return m
 
 
+def resume_path(out_dir: str | os.PathLike) -> Path:
+    """Where an unfinished `train_own` into `out_dir` keeps its state (beside the weights folder)."""
+    out = Path(out_dir)
+    return out.with_name(f".{out.name}.resume.pt")
+
+
 def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, progress: bool = True,
-              device: str = "cpu") -> dict:
-    """Train the class-conditional UNet on the real training rows; write a diffusers weights folder."""
+              device: str = "cpu", resume: bool = True, checkpoint_seconds: float = 300.0,
+              stop_after_steps: int | None = None) -> dict | None:
+    """Train the class-conditional UNet on the real training rows; write a diffusers weights folder.
+
+    Every `checkpoint_seconds` (and when `stop_after_steps` interrupts it) the whole training
+    state, the position in the epoch's permutation and the random generator included, is written
+    beside `out_dir`; a later call with the same config and data continues from there and ends
+    with the same weights as an uninterrupted run. Returns None when interrupted.
+    """
     from diffusers import DDPMScheduler
 
     dev = resolve_device(device)
@@ -167,18 +180,50 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
     sch = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(cfg.seed)
     null = num_classes
-    t0 = time.perf_counter()
     step, history, stopped = 0, [], "steps"
+    perm, b0, run_loss, n, elapsed = None, 0, 0.0, 0, 0.0
+    state_file = resume_path(out_dir)
+    ident = {"config": cfg.model_dump(mode="json"), "num_classes": num_classes, "rows": len(rows),
+             "data": digest([rows.df["id"].astype(str).tolist(), rows.labels.tolist()])}
+    if resume and state_file.is_file():
+        st = torch.load(state_file, map_location="cpu", weights_only=True)
+        if st.get("ident") != ident:
+            raise FersynthError(f"{state_file}: unfinished training with another config or data",
+                                hint="train with the same settings to continue it, or delete the file to start over")
+        unet.load_state_dict(st["unet"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        sch.load_state_dict(st["sch"])
+        gen.set_state(st["gen"])
+        step, history, perm, b0 = st["step"], st["history"], st["perm"], st["b0"]
+        run_loss, n, elapsed, total = st["run_loss"], st["n"], st["elapsed"], st["total"]
+    t0 = time.perf_counter() - elapsed
+    last_ckpt = time.perf_counter()
+
+    def save_state(perm, b_next, run_loss, n):
+        state = {"ident": ident, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "sch": sch.state_dict(), "gen": gen.get_state(), "step": step, "history": history,
+                 "perm": perm, "b0": b_next, "run_loss": run_loss, "n": n, "total": total,
+                 "elapsed": time.perf_counter() - t0}
+        with atomic_open(state_file, "wb") as f:
+            torch.save(state, f)
+
     from fersynth.generate.base import _progress
 
     with _progress(progress) as bar:
-        task = bar.add_task("own: training", total=total, unit="step")
+        task = bar.add_task("own: training", total=total, completed=step, unit="step")
         while step < total:
-            perm = torch.randperm(len(rows), generator=gen)
-            run_loss, n = 0.0, 0
-            for b in range(0, len(perm), cfg.batch_size):
+            if perm is None:  # a new epoch (a resumed run continues the saved one)
+                perm, b0, run_loss, n = torch.randperm(len(rows), generator=gen), 0, 0.0, 0
+            for b in range(b0, len(perm), cfg.batch_size):
                 if step >= total:
                     break
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    save_state(perm, b, run_loss, n)
+                    return None
+                if time.perf_counter() - last_ckpt > checkpoint_seconds:
+                    save_state(perm, b, run_loss, n)
+                    last_ckpt = time.perf_counter()
                 idx = perm[b : b + cfg.batch_size]
                 x0, y = x_all[idx], y_all[idx].clone()
                 if cfg.hflip:
@@ -209,6 +254,7 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
                     total = step
                     break
             history.append({"epoch": len(history) + 1, "loss": run_loss / max(n, 1), "steps": step})
+            perm = None
     seconds = time.perf_counter() - t0
     info = {
         "format": "fersynth-own/1",
@@ -225,6 +271,7 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
         "history": history,
     }
     _save_weights(ema, sched, info, Path(out_dir))
+    state_file.unlink(missing_ok=True)
     return info
 
 
