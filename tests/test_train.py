@@ -156,3 +156,16 @@ def test_batch_augment_is_seeded_and_erases():
     assert float(frac.min()) >= 0.01 and float(frac.max()) <= 0.16 + 1e-6
     full = BatchAugment(AugmentConfig(rotation=15, blur_p=0.5, erase_p=0.2))(torch.randn(8, 3, 64, 64), torch.Generator().manual_seed(1))
     assert full.shape == (8, 3, 64, 64) and torch.isfinite(full).all()
+
+
+def test_class_weights_inverse_and_softened():
+    from fersynth.train.loop import _class_weights
+
+    y = np.array([0] * 100 + [1] * 25 + [2] * 4)
+    w1 = _class_weights(y, 4).numpy()
+    # scikit-learn's "balanced": n / (classes present * count); an absent class gets 0
+    assert np.allclose(w1[:3], [129 / (3 * 100), 129 / (3 * 25), 129 / (3 * 4)]) and w1[3] == 0
+    w5 = _class_weights(y, 4, power=0.5).numpy()
+    assert np.allclose(w5[1] / w5[0], 2.0) and np.allclose(w5[2] / w5[0], 5.0)  # sqrt of the 4x and 25x ratios
+    counts = np.bincount(y, minlength=4)
+    assert np.isclose((counts * w5).sum(), len(y)) and np.isclose((counts * w1).sum(), len(y))

@@ -39,6 +39,10 @@ class TrainConfig(BaseModel):
     loss: Literal["ce", "soft"] = "ce"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weighted: bool = False
+    class_weight_power: float = Field(
+        1.0, gt=0, le=1,
+        description="class weights proportional to 1/count^power: 1 is inverse frequency, 0.5 its square root (milder)",
+    )
     augment: AugmentConfig = AugmentConfig()
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     seed: int = 0

@@ -131,9 +131,12 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
     return f
 
 
-def _class_weights(labels: np.ndarray, k: int) -> torch.Tensor:
+def _class_weights(labels: np.ndarray, k: int, power: float = 1.0) -> torch.Tensor:
+    """Per-class loss weights proportional to 1/count^power, scaled so that the average weight
+    of a training image is 1 (power 1: count.sum() / (k * count), the usual "balanced" weights)."""
     counts = np.bincount(labels, minlength=k).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0)
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
+    w *= counts.sum() / (counts * w).sum()
     return torch.tensor(w, dtype=torch.float32)
 
 
@@ -212,7 +215,7 @@ def train(
     plan = {"epochs": cfg.epochs}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, max(1, steps_per_epoch), plan))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
-    weights = _class_weights(y_tr, num_classes).to(acc.device) if cfg.class_weighted else None
+    weights = _class_weights(y_tr, num_classes, cfg.class_weight_power).to(acc.device) if cfg.class_weighted else None
     augment = BatchAugment(cfg.augment)
 
     meta_base = {
