@@ -203,6 +203,10 @@ def test_training_resumes_mid_epoch_to_the_same_weights(real, tmp_path):
     assert resume_path(tmp_path / "part").is_file() and not (tmp_path / "part").exists()
     with pytest.raises(FersynthError, match="another config or data"):
         train_own(real, OwnConfig(**dict(TINY, epochs=3, lr=0.01)), tmp_path / "part", progress=False)
+    state = resume_path(tmp_path / "part").read_bytes()
+    resume_path(tmp_path / "bad").write_bytes(state[: len(state) // 2])
+    with pytest.raises(FersynthError, match="unreadable training state"):
+        train_own(real, cfg, tmp_path / "bad", progress=False)
     # checkpoint_seconds=0 also rewrites the state before every step on the way
     resumed = train_own(real, cfg, tmp_path / "part", progress=False, checkpoint_seconds=0)
     assert not resume_path(tmp_path / "part").exists()

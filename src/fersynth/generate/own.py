@@ -186,8 +186,12 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
     ident = {"config": cfg.model_dump(mode="json"), "num_classes": num_classes, "rows": len(rows),
              "data": digest([rows.df["id"].astype(str).tolist(), rows.labels.tolist()])}
     if resume and state_file.is_file():
-        st = torch.load(state_file, map_location="cpu", weights_only=True)
-        if st.get("ident") != ident:
+        try:
+            st = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or not a torch file
+            raise FersynthError(f"{state_file}: unreadable training state ({type(e).__name__})",
+                                hint="delete it to start the training over") from None
+        if not isinstance(st, dict) or st.get("ident") != ident:
             raise FersynthError(f"{state_file}: unfinished training with another config or data",
                                 hint="train with the same settings to continue it, or delete the file to start over")
         unet.load_state_dict(st["unet"])

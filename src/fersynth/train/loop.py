@@ -133,7 +133,7 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
 
 def _class_weights(labels: np.ndarray, k: int, power: float = 1.0) -> torch.Tensor:
     """Per-class loss weights proportional to 1/count^power, scaled so that the average weight
-    of a training image is 1 (power 1: count.sum() / (k * count), the usual "balanced" weights)."""
+    of a training image is 1 (power 1: n / (classes present * count), scikit-learn's "balanced")."""
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     w = np.where(counts > 0, np.maximum(counts, 1) ** -power, 0.0)
     w *= counts.sum() / (counts * w).sum()
@@ -224,9 +224,8 @@ def train(
         "preprocessing": {"equalize": cfg.augment.equalize, "normalize": "x/127.5-1", "tta": cfg.tta,
                           "source_shape": list(manifest.image_shape)},
         "config": cfg.model_dump(mode="json"), "split": split_info,
-        "val_ids_sha": _ids_digest(val_m.df["id"]),
+        "val_ids_sha": _ids_digest(val_m.df["id"]), "precision": precision,
     }
-    meta_base["precision"] = precision
     history: list[dict] = []
     start_epoch, best, best_epoch, bad_epochs, elapsed = 0, -1.0, -1, 0, 0.0
     state_path = out / STATE_FILE
