@@ -44,3 +44,12 @@ def test_atomic_open_and_digest(tmp_path):
         raise ValueError
     assert not list(tmp_path.iterdir())
     assert digest({"a": 1, "b": [2]}) == digest({"b": [2], "a": 1}) != digest({"a": 2, "b": [2]})
+
+
+def test_atomic_files_get_an_ordinary_mode(tmp_path):
+    import os
+
+    with atomic_open(tmp_path / "f.txt") as f:
+        f.write("x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert os.stat(tmp_path / "f.txt").st_mode == os.stat(tmp_path / "plain.txt").st_mode

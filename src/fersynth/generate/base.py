@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fersynth.atomic import digest, write_json_atomic
+from fersynth.atomic import atomic_open, digest, write_json_atomic
 from fersynth.data.manifest import Manifest, is_manifest_dir, pixel_hashes, stable_ids
 from fersynth.errors import FersynthError
 from fersynth.faces.convert import Detector, DomainSpec, convert_batch
@@ -84,9 +84,8 @@ def _write_png(img: np.ndarray, path: Path) -> None:
     ok, buf = cv2.imencode(".png", img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
         raise FersynthError(f"could not encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.tobytes())
 
 
 def _read_png(path: Path, gray: bool) -> np.ndarray | None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from fersynth.atomic import atomic_open, write_json_atomic
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.train.augment import BatchAugment, equalize_pixels, to_model_input
@@ -231,7 +232,7 @@ def train(
     state_path = out / STATE_FILE
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        write_json_atomic(cfg.model_dump(mode="json"), out / "config.json")
     if resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         if st.get("config") != json.dumps(cfg.model_dump(mode="json"), sort_keys=True):
@@ -320,7 +321,7 @@ def train(
                "split": split_info,
                "history": history, "checkpoint": str(out / "best.safetensors")}
     if acc.is_main_process:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(summary, out / "train_summary.json")
     return summary
 
 
@@ -375,12 +376,11 @@ def _replan(plan: dict, done: int, elapsed: float, budget: float) -> int:
 
 def _save_state(path: Path, model, opt, sched, cfg, epoch, best, best_epoch, bad_epochs, elapsed, history,
                 planned_epochs):
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True), "epoch": epoch, "best": best,
-                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
-                "history": json.dumps(history), "planned_epochs": planned_epochs}, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True), "epoch": epoch, "best": best,
+                    "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
+                    "history": json.dumps(history), "planned_epochs": planned_epochs}, f)
 
 
 def _progress(enabled: bool):
