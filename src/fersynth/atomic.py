@@ -15,14 +15,15 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator:
-    """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed."""
+def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = None) -> Iterator:
+    """Open a temporary file beside `path`; on success it replaces `path`, on error it is removed.
+    `newline` is passed to the text file (`""` for the csv module)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # an ordinary file's mode, not mkstemp's private 0600
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline})) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -93,7 +93,7 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, manifest: Manifest, split:
 
 
 def _write_outputs(out: Path, res: dict, rows: Manifest, probs: np.ndarray, model_classes: list[str]) -> None:
-    from fersynth.atomic import write_json_atomic
+    from fersynth.atomic import atomic_open, write_json_atomic
     from fersynth.evaluate.plots import plot_confusion
 
     out.mkdir(parents=True, exist_ok=True)
@@ -103,9 +103,8 @@ def _write_outputs(out: Path, res: dict, rows: Manifest, probs: np.ndarray, mode
     pred["label"] = [CLASSES[i] if i >= 0 else "" for i in pred["label"]]
     for j, c in enumerate(model_classes):
         pred[f"p_{c}"] = probs[:, j].round(5)
-    tmp = out / ".predictions.csv.tmp"
-    pred.to_csv(tmp, index=False)
-    os.replace(tmp, out / "predictions.csv")
+    with atomic_open(out / "predictions.csv", "w", newline="") as f:
+        pred.to_csv(f, index=False)
     cm = res["confusion_matrix"]
     plot_confusion(cm, cm["labels"], out / "confusion.png", normalized=True, title=f"{res['architecture']}: row-normalised")
     plot_confusion(cm, cm["labels"], out / "confusion_counts.png", normalized=False, title=f"{res['architecture']}: counts")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fersynth import __version__
+from fersynth.atomic import atomic_open
 from fersynth.experiment.config import (
     CONTROL_STRATEGIES,
     SYNTHETIC_STRATEGIES,
@@ -222,14 +223,12 @@ def results_rows(cfg: ExperimentConfig, state, evals: list[dict]) -> list[dict]:
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         if rows:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             for r in rows:
                 w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
 
 
 def _preds(evals, arm, test_set) -> tuple[np.ndarray, np.ndarray, list] | None:
@@ -539,9 +538,8 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
     md = _md(doc, out)
     page = _html(doc, f"fersynth study: {cfg.name}")
     for name, text in (("report.md", md), ("report.html", page)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        with atomic_open(out / name) as f:
+            f.write(text)
     return {"md": out / "report.md", "html": out / "report.html", "csv": out / "results.csv"}
 
 

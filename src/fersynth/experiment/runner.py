@@ -26,6 +26,7 @@ import numpy as np
 
 from fersynth import __version__
 from fersynth.atomic import json_default as _json
+from fersynth.atomic import write_json_atomic
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.experiment.cache import StageCache, fingerprint
@@ -139,9 +140,7 @@ class Runner:
         s = self.state
         obj = {"seconds": round(seconds, 1), "failed": s.failed, "not_run": s.not_run,
                "cache_hits": self.cache.hits, "ran": self.cache.ran, "keys": s.keys}
-        tmp = self.out / ".state.json.tmp"
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, self.out / "state.json")
+        write_json_atomic(obj, self.out / "state.json")
 
     def run_arm(self, arm: ArmConfig) -> None:
         cfg = self.cfg
