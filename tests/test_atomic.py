@@ -53,3 +53,18 @@ def test_atomic_files_get_an_ordinary_mode(tmp_path):
         f.write("x")
     (tmp_path / "plain.txt").write_text("x")
     assert os.stat(tmp_path / "f.txt").st_mode == os.stat(tmp_path / "plain.txt").st_mode
+
+
+def test_sweep_removes_only_what_killed_writers_leave(tmp_path):
+    from fersynth.atomic import sweep_temporaries
+
+    (tmp_path / "stage" / ".weights.old").mkdir(parents=True)  # a folder swap cut short
+    (tmp_path / "stage" / ".results.csv.k3j2.tmp").write_text("half")
+    (tmp_path / ".manifest.a1b2.tmp").mkdir()
+    keep = [tmp_path / "stage" / ".own.resume.pt", tmp_path / "stage" / "shard-00001.rows.jsonl",
+            tmp_path / "results.csv", tmp_path / "notes.tmp"]
+    for p in keep:
+        p.write_text("x")
+    removed = sweep_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == [".manifest.a1b2.tmp", ".results.csv.k3j2.tmp", ".weights.old"]
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)

@@ -1,4 +1,7 @@
-"""Files and folders written so that no reader ever sees half of one: a temporary name, then a rename."""
+"""Files and folders written so that no reader ever sees half of one: a temporary name, then a rename.
+
+Temporary names are `.<name>.<random>.tmp` (and `.<name>.old` for a folder being swapped out), so
+that what a killed process leaves behind can be recognised and swept (`sweep_temporaries`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it), then restored
 os.umask(_UMASK)
 
@@ -20,7 +24,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = 
     `newline` is passed to the text file (`""` for the csv module)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # an ordinary file's mode, not mkstemp's private 0600
         with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": newline})) as f:
@@ -38,7 +42,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     folder there is swapped out and removed), on error it is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         yield tmp
@@ -53,6 +57,28 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def is_temporary(p: Path) -> bool:
+    """A name this module (or an older hand-rolled writer) gives to something not yet in place."""
+    return p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or (p.name.endswith(".old") and p.is_dir()))
+
+
+def sweep_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left under `root`; only call it
+    while no other process writes there (a run folder under its lock). Returns what was removed."""
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if is_temporary(p):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                    dirnames.remove(name)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def digest(obj) -> str:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
+from fersynth.faults import kill_point
 from fersynth.labels import CLASSES
 
 
@@ -98,6 +99,7 @@ def _write_outputs(out: Path, res: dict, rows: Manifest, probs: np.ndarray, mode
 
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(res, out / "metrics.json")
+    kill_point("eval-outputs")
     pred = pd.DataFrame({"id": rows.df["id"], "path": rows.df["path"], "subset": rows.df["subset"],
                          "label": rows.df["label"], "pred": np.asarray(model_classes)[probs.argmax(1)]})
     pred["label"] = [CLASSES[i] if i >= 0 else "" for i in pred["label"]]

@@ -27,6 +27,7 @@ from fersynth.experiment.config import (
     ExperimentConfig,
     dump_config,
 )
+from fersynth.faults import kill_point
 from fersynth.labels import CLASSES
 
 ALPHA = 0.05
@@ -227,6 +228,8 @@ def _write_csv(rows: list[dict], path: Path) -> None:
         if rows:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
+            f.flush()
+            kill_point("report-csv")
             for r in rows:
                 w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
 

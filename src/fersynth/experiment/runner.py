@@ -11,6 +11,8 @@ exact or near-duplicate in the test split are left out of training (counted in t
 Every stage is cached by a hash of its config and its inputs' hashes (`cache.StageCache`): a
 rerun does only what changed, and an interrupted stage resumes. A stage that fails is
 reported with its reason; the arms that needed it are reported as not run and the others go on.
+One run at a time writes a run folder (`lock.RunLock`); it first sweeps the temporary files
+that a killed run left there.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from fersynth import __version__
+from fersynth.atomic import atomic_open, write_json_atomic
 from fersynth.atomic import json_default as _json
-from fersynth.atomic import write_json_atomic
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.experiment.cache import StageCache, fingerprint
@@ -103,9 +105,23 @@ class Runner:
 
     # ------------------------------------------------------------------ the graph
     def run(self) -> dict:
+        """Run the study while holding the run folder's lock (a second run there is refused)."""
+        from fersynth.atomic import sweep_temporaries
+        from fersynth.experiment.lock import RunLock, describe
+
+        with RunLock(self.out) as lock:
+            if lock.previous:
+                self.log(f"took over the lock of a run that is gone ({describe(lock.previous)})")
+            swept = sweep_temporaries(self.out)
+            if swept:
+                self.log(f"removed {len(swept)} temporary file(s) left by an interrupted run")
+            return self._run()
+
+    def _run(self) -> dict:
         t0 = time.perf_counter()
         cfg = self.cfg
-        (self.out / "config.yaml").write_text(dump_config(cfg))
+        with atomic_open(self.out / "config.yaml") as f:
+            f.write(dump_config(cfg))
         self.log(f"fersynth {__version__}: experiment '{cfg.name}' -> {self.out}")
         try:
             self.stage_data()

@@ -33,6 +33,7 @@ from fersynth.atomic import atomic_open, digest, write_json_atomic
 from fersynth.data.manifest import Manifest, is_manifest_dir, pixel_hashes, stable_ids
 from fersynth.errors import FersynthError
 from fersynth.faces.convert import Detector, DomainSpec, convert_batch
+from fersynth.faults import kill_point
 from fersynth.labels import CLASSES
 
 SHARDS = "shards"
@@ -258,6 +259,7 @@ def _run_shard(gen: Generator, items: list[WorkItem], k: int, out: Path, domain:
             log.writelines(lines)
             log.flush()
             os.fsync(log.fileno())
+            kill_point("generate-batch")
             made += len(batch)
             advance(len(batch))
     kept_items = [it for it in items if rows[it.index]["kept"]]

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fersynth.atomic import atomic_dir, atomic_open, digest
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
+from fersynth.faults import kill_point
 from fersynth.generate.base import Generator, WorkItem
 from fersynth.generate.registry import register_generator
 from fersynth.labels import CLASSES
@@ -252,6 +253,7 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
                 step += 1
                 run_loss += float(loss.detach())
                 n += 1
+                kill_point("own-train-step")
                 bar.update(task, advance=1)
                 if cfg.max_minutes and time.perf_counter() - t0 > cfg.max_minutes * 60:
                     stopped = "max_minutes"

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from fersynth.atomic import atomic_open, write_json_atomic
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
+from fersynth.faults import kill_point
 from fersynth.train.augment import BatchAugment, equalize_pixels, to_model_input
 from fersynth.train.checkpoint import save_checkpoint
 from fersynth.train.config import TrainConfig
@@ -312,6 +313,7 @@ def train(
                     save_checkpoint(model_eval, dict(meta_base, epoch=epoch + 1, val_metrics=vm), out / "best")
                 _save_state(state_path, model_eval, opt, sched, cfg, epoch, best, best_epoch, bad_epochs,
                             time.perf_counter() - t_start, history, plan["epochs"])
+                kill_point("train-epoch")
             acc.wait_for_everyone()
             if cfg.patience is not None and bad_epochs >= cfg.patience:
                 stopped = "early_stopping"
