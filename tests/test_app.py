@@ -132,9 +132,21 @@ def test_session_scores_the_face_box_and_switches_the_playlist(ckpt, two_faces):
 
 
 def test_no_face_keeps_the_music(ckpt, two_faces):
-    live = LiveSession(load_expert(ckpt), load_playlists(), hold=1, detector=lambda g: [])
-    r = live.step(two_faces[0][0])
-    assert r.box is None and r.probs is None and r.emotion is None and not r.changed
+    lists = load_playlists()
+    (fa, ca), (fb, cb) = two_faces
+    seen = {"face": True}
+    live = LiveSession(load_expert(ckpt), lists, hold=2, alpha=0.6, margin=0.0,
+                       detector=lambda g: [(0, 0, 96, 96)] if seen["face"] else [])
+    first = [live.step(fa) for _ in range(3)]
+    assert first[-1].emotion == ca and first[-1].playlist.name == lists[ca].name  # a playlist is playing
+    seen["face"] = False  # the face leaves the frame (another face's pixels are there, but none is found)
+    gone = [live.step(fb) for _ in range(6)]
+    for r in gone:
+        assert r.box is None and r.probs is None and not r.changed
+        assert r.emotion == ca and r.playlist.name == lists[ca].name  # the music stays
+    seen["face"] = True  # the other face shows up: the switch needs `hold` frames again
+    back = [live.step(fb) for _ in range(6)]
+    assert back[0].emotion == ca and back[-1].emotion == cb and sum(r.changed for r in back) == 1
 
 
 def test_decode_image_errors():
@@ -193,6 +205,9 @@ def test_server_page_info_frame_and_media(ckpt, two_faces, tmp_path):
     assert client.get(f"/media/{c}/0").content == b"ID3fake"
     assert client.get(f"/media/{c}/1").status_code == 404  # remote: not served
     assert client.get("/media/happy/9").status_code == 404
+    long = client.post("/api/frame", params={"session": "x" * 60_000}, content=png(face))  # httpx caps URLs at 64k
+    assert long.status_code == 422 and len(long.text) < 300, long.text[:300]  # not the name echoed back
+    assert "session" in long.json()["error"] and "64" in long.json()["error"]
 
 
 # --------------------------------------------------------------------------- the CLI

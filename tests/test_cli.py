@@ -104,3 +104,56 @@ def test_shared_inspect_counts(capsys):
     c = json.loads(out)["counts"]
     assert c["Training"]["disgust"] == 436 and c["Training"]["happy"] == 7215
     assert sum(c["PrivateTest"].values()) == 3589 and sum(c["PublicTest"].values()) == 3589
+
+
+# --------------------------------------------------------------------------- usage errors and help
+@pytest.mark.parametrize("argv, needle", [
+    ([], "fersynth: Missing command."),  # bare `fersynth`
+    (["data"], "fersynth data: Missing command."),
+    (["trian"], "No such command 'trian'"),  # misspelt command
+    (["data", "inspect", "X", "--jsn"], "No such option: --jsn"),  # unknown option
+    (["run"], "Missing argument"),  # missing argument
+    (["train"], "Missing option '--data'"),  # missing required option
+    (["train", "--data"], "'--data' requires an argument"),  # option without its value
+    (["data", "demo", "out", "--per-class", "many"], "Invalid value for '--per-class'"),
+])
+def test_usage_errors_are_one_line_exit_2(capsys, argv, needle):
+    import typer
+
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (typer.__version__, err)
+    assert len(err.strip().splitlines()) == 1 and needle in err and "--help" in err, err
+    assert "Traceback" not in err and out == ""
+
+
+def test_usage_error_through_the_console_script():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "fersynth.cli.main", "trian"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Did you mean 'train'" in p.stderr
+
+
+def _commands(cmd, path=()):
+    """Every command and group of the CLI as an argv prefix."""
+    yield list(path)
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_help_shows_flags_as_flags(capsys):
+    import typer.main
+
+    from fersynth.cli.main import app
+
+    paths = list(_commands(typer.main.get_command(app)))
+    assert ["run"] in paths and ["data", "inspect"] in paths
+    for path in paths:
+        assert main([*path, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "--help" in out and "<bool>" not in out, (path, out)
+    main(["run", "--help"])
+    assert any(line.split()[1:3] == ["--quiet", "-q"] and "No progress bars" in line
+               for line in capsys.readouterr().out.splitlines())

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from fersynth.app.live import LiveSession, Playlist, decode_image
@@ -33,6 +34,13 @@ def create_app(expert, playlists: dict[str, Playlist], detect: bool = True, alph
                hold: int = 4, margin: float = 0.2, min_face: float = 0.15, model_name: str | None = None):
     """The FastAPI application around one expert and one playlist map."""
     app = FastAPI(title="fersynth live", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError):
+        """A bad query parameter named with what is wrong, without echoing its (maybe huge) value."""
+        e = (exc.errors() or [{}])[0]
+        where = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
+        return JSONResponse({"error": f"{where}: {e.get('msg', 'invalid')}"}, 422)
     lock, model_lock = threading.Lock(), threading.Lock()
     sessions: OrderedDict[str, LiveSession] = OrderedDict()
     settings = {"detect": detect, "alpha": alpha, "hold": hold, "margin": margin, "min_face": min_face}

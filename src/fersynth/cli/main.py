@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import importlib
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -22,7 +23,6 @@ from fersynth.errors import FersynthError
 app = typer.Typer(
     name="fersynth",
     help="Synthetic data for facial expression recognition, measured honestly.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -34,6 +34,66 @@ compose_cli.register(app)
 generate_cli.register(app)
 run_cli.register(app)
 app_cli.register(app)
+
+
+def _click_exceptions() -> list:
+    """Where usage errors come from: from typer 0.29 its own copy of click (`typer._click`, whose
+    exceptions are not click's), before that click itself."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods
+
+
+_CLICK = _click_exceptions()
+_EXIT = (typer.Exit, *(m.Exit for m in _CLICK if hasattr(m, "Exit")))
+_ABORT = (typer.Abort, *(m.Abort for m in _CLICK if hasattr(m, "Abort")))
+_USAGE = tuple(m.UsageError for m in _CLICK)
+_CLICK_ERROR = tuple(m.ClickException for m in _CLICK)
+# Writing failed because of where, not what: one line naming the file, exit 2.
+_DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted"}
+
+
+def _flags_shown_as_flags() -> None:
+    """typer 0.29's rich help prints a flag's type (`--quiet <bool>`) as if it took a value; show none."""
+    opt = getattr(getattr(typer, "core", None), "TyperOption", None)
+    shown = getattr(opt, "display_type_rich", None)
+    if shown is None or getattr(shown, "_fersynth", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._fersynth = True
+    opt.display_type_rich = display_type_rich
+
+
+_flags_shown_as_flags()
+
+
+def usage_line(e) -> str:
+    """A click / typer usage error as one line: what was wrong, and where to look."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "fersynth"
+    msg = " ".join(e.format_message().split())
+    return f"{where}: {msg} (hint: `{where} --help`)"
+
+
+def _no_help_on_bare_groups(t: typer.Typer) -> None:
+    """A bare `fersynth` or `fersynth data` is a usage error (one line, exit 2), not a help page."""
+    t.info.no_args_is_help = False
+    for g in t.registered_groups:
+        g.no_args_is_help = False
+        if g.typer_instance is not None:
+            _no_help_on_bare_groups(g.typer_instance)
+
+
+_no_help_on_bare_groups(app)
 
 
 @app.command()
@@ -49,14 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     except FersynthError as e:
         err.print(f"[bold red]error:[/] {e}", markup=True)
         return _exit(2, argv)
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         return _exit(e.exit_code, argv)
-    except click.ClickException as e:
-        e.show()
+    except _USAGE as e:
+        err.print(f"[bold red]error:[/] {usage_line(e)}", markup=True)
         return _exit(2, argv)
-    except click.exceptions.Abort:
+    except _CLICK_ERROR as e:
+        err.print(f"[bold red]error:[/] {' '.join(e.format_message().split())}", markup=True)
+        return _exit(2, argv)
+    except _ABORT:
         err.print("aborted")
         return _exit(130, argv)
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise
+        where = e.filename or "output"
+        err.print(f"[bold red]error:[/] {where}: cannot write: {_DISK_ERRORS[e.errno]} "
+                  "(hint: free space or choose a writable --out; finished files are kept)", markup=True)
+        return _exit(2, argv)
     except KeyboardInterrupt:
         err.print("interrupted; finished stages are kept")
         return _exit(130, argv)
