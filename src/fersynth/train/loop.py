@@ -4,6 +4,11 @@ Validation is carved from the real training rows (stratified, seeded, duplicate 
 together) and drives early stopping and model selection; test rows are never touched here.
 Every epoch is seeded from (seed, epoch), so a run resumed from its last finished epoch
 ends exactly where an uninterrupted one does.
+
+A time budget (`max_minutes`) makes the schedule follow the fraction of the budget spent
+(time-based annealing) or of the epochs done, whichever is further (`Budget`): a slow start
+on a busy machine costs only the time it took, and the run ends annealed at its budget,
+mid-epoch if need be, with a last validation.
 """
 
 from __future__ import annotations
@@ -112,8 +117,33 @@ def _build_optimizer(model, cfg: TrainConfig):
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
+class Budget:
+    """Progress of a run with a time budget: the fraction of the budget spent, or of the epochs
+    done, whichever is further. The time left for a final validation (as long as the last one
+    took) is kept out of the training budget, so that the run ends at its budget."""
+
+    def __init__(self, seconds: float, total_steps: int, t_start: float, val_seconds: float = 0.0):
+        self.seconds, self.total_steps, self.t_start, self.val_seconds = seconds, total_steps, t_start, val_seconds
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def progress(self, step: int) -> float:
+        train_budget = max(0.5 * self.seconds, self.seconds - self.val_seconds)
+        return min(1.0, max(step / max(1, self.total_steps), self.spent() / train_budget))
+
+    def estimate_epochs(self, done_steps: int, steps_per_epoch: int) -> int:
+        """How many epochs the run will have at this pace (for the progress bar and the history)."""
+        p = self.progress(done_steps)
+        return max(1, math.ceil(done_steps / max(p, 1e-9) / steps_per_epoch)) if done_steps else 0
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: dict, budget: Budget | None = None):
+    """LR factor per step. Without a budget the schedule runs over `cfg.epochs` in steps; with one
+    it runs over `Budget.progress` (onecycle and cosine anneal by time; step and none are by epoch)."""
     warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if budget is not None:
+        return _budget_lambda(cfg, warm, plan, budget)
 
     def f(step):
         total = plan["epochs"] * steps_per_epoch
@@ -128,6 +158,25 @@ def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int, plan: dict):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
         if cfg.scheduler == "step":
             return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+
+    return f
+
+
+def _budget_lambda(cfg: TrainConfig, warm: int, plan: dict, budget: Budget):
+    def f(step):
+        p = budget.progress(step)
+        if cfg.scheduler == "onecycle":
+            if p < 0.25:
+                return 0.04 + 0.96 * p / 0.25
+            return 0.5 * (1 + math.cos(math.pi * (p - 0.25) / 0.75)) + 1e-3
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "cosine":
+            p0 = plan.setdefault("warm_end", p if warm else 0.0)  # the progress at which warm-up ended
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (p - p0) / max(1e-9, 1 - p0))))
+        if cfg.scheduler == "step":
+            return cfg.gamma ** ((step // max(1, plan["steps_per_epoch"])) // cfg.step_size)
         return 1.0
 
     return f
@@ -213,9 +262,12 @@ def train(
     loader = DataLoader(ds, batch_size=per_proc_bs, shuffle=True, drop_last=len(ds) > per_proc_bs * world,
                         collate_fn=_collate, generator=sampler_gen, num_workers=0)
     steps_per_epoch = math.ceil(len(ds) / (per_proc_bs * world)) if not loader.drop_last else len(ds) // (per_proc_bs * world)
-    # `plan` holds the epoch count the schedule anneals over; a time budget may shrink it.
-    plan = {"epochs": cfg.epochs}
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, max(1, steps_per_epoch), plan))
+    # `plan`: the epochs the schedule runs over; with a time budget, the budget's progress instead.
+    plan = {"epochs": cfg.epochs, "steps_per_epoch": max(1, steps_per_epoch)}
+    budget = None
+    if cfg.max_minutes is not None:
+        budget = Budget(cfg.max_minutes * 60, cfg.epochs * max(1, steps_per_epoch), time.perf_counter())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, max(1, steps_per_epoch), plan, budget))
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     weights = _class_weights(y_tr, num_classes, cfg.class_weight_power).to(acc.device) if cfg.class_weighted else None
     augment = BatchAugment(cfg.augment)
@@ -244,16 +296,19 @@ def train(
         start_epoch, best, best_epoch, bad_epochs = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad_epochs"]
         elapsed = st["elapsed"]
         history = json.loads(st["history"])
-        plan["epochs"] = st.get("planned_epochs", cfg.epochs)
+        plan.update(json.loads(st.get("plan", "{}")))
     t_start = time.perf_counter() - elapsed
+    if budget is not None:
+        budget.t_start, budget.val_seconds = t_start, plan.get("val_seconds", 0.0)
     bar = _progress(progress and acc.is_main_process)
     stopped = "epochs"
     with bar:
         if precision_note and acc.is_main_process:
             bar.console.print(precision_note)
         task = bar.add_task("train", total=plan["epochs"] * steps_per_epoch, completed=start_epoch * steps_per_epoch)
+        step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, cfg.epochs):
-            if epoch >= plan["epochs"]:
+            if budget is not None and budget.progress(step) >= 1.0:
                 stopped = "time_budget"
                 break
             if stop_after_epochs is not None and epoch >= stop_after_epochs:
@@ -283,19 +338,26 @@ def train(
                 acc.backward(loss)
                 opt.step()
                 sched.step()
+                step += 1
                 n = y.shape[0]
                 tot_loss += loss.item() * n
                 tot_correct += int((logits.argmax(1) == y).sum())
                 tot_n += n
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{plan['epochs']} loss {tot_loss / tot_n:.3f} acc {tot_correct / tot_n:.3f}")
+                if budget is not None and budget.progress(step) >= 1.0:
+                    break  # the budget is spent, mid-epoch: validate and stop
             model_eval = acc.unwrap_model(model)
+            t_val = time.perf_counter()
             probs = predict_proba(model_eval, va_pix, cfg.img_size, cfg.in_chans, cfg.tta, device=acc.device)
             vm = _quick_metrics(y_va, probs)
+            plan["val_seconds"] = time.perf_counter() - t_val
             rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_n), "train_accuracy": tot_correct / max(1, tot_n),
                    "val_accuracy": vm["accuracy"], "val_mean_class_accuracy": vm["mean_class_accuracy"],
                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_start}
-            if cfg.max_minutes is not None:
-                rec["planned_epochs"] = _replan(plan, epoch + 1, time.perf_counter() - t_start, cfg.max_minutes * 60)
+            if budget is not None:
+                budget.val_seconds = plan["val_seconds"]
+                rec["budget_progress"] = round(budget.progress(step), 4)
+                plan["epochs"] = rec["planned_epochs"] = max(epoch + 1, budget.estimate_epochs(step, steps_per_epoch))
                 bar.update(task, total=plan["epochs"] * steps_per_epoch)
             history.append(rec)
             score = vm[cfg.monitor]
@@ -312,7 +374,7 @@ def train(
                 if improved:
                     save_checkpoint(model_eval, dict(meta_base, epoch=epoch + 1, val_metrics=vm), out / "best")
                 _save_state(state_path, model_eval, opt, sched, cfg, epoch, best, best_epoch, bad_epochs,
-                            time.perf_counter() - t_start, history, plan["epochs"])
+                            time.perf_counter() - t_start, history, plan)
                 kill_point("train-epoch")
             acc.wait_for_everyone()
             if cfg.patience is not None and bad_epochs >= cfg.patience:
@@ -366,23 +428,13 @@ def _ids_digest(ids) -> str:
     return hashlib.sha1("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
 
 
-def _replan(plan: dict, done: int, elapsed: float, budget: float) -> int:
-    """Shrink the planned epoch count when the rest would overrun the time budget, so the LR
-    schedule still anneals by the deadline. Never grows it; never replans on a run with margin."""
-    per_epoch = elapsed / done
-    fits = done + int(max(0.0, budget - elapsed) // per_epoch)
-    if fits < plan["epochs"]:
-        plan["epochs"] = max(done, fits)
-    return plan["epochs"]
-
-
 def _save_state(path: Path, model, opt, sched, cfg, epoch, best, best_epoch, bad_epochs, elapsed, history,
-                planned_epochs):
+                plan: dict):
     with atomic_open(path, "wb") as f:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "config": json.dumps(cfg.model_dump(mode="json"), sort_keys=True), "epoch": epoch, "best": best,
                     "best_epoch": best_epoch, "bad_epochs": bad_epochs, "elapsed": elapsed,
-                    "history": json.dumps(history), "planned_epochs": planned_epochs}, f)
+                    "history": json.dumps(history), "plan": json.dumps(plan)}, f)
 
 
 def _progress(enabled: bool):
