@@ -6,6 +6,7 @@ that what a killed process leaves behind can be recognised and swept (`sweep_tem
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -14,6 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+# Writing failed because of where, not what: a full disk or a folder that can't be written.
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it), then restored
 os.umask(_UMASK)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import importlib
 import sys
 
@@ -10,6 +9,7 @@ import typer
 from rich.console import Console
 
 from fersynth import __version__
+from fersynth.atomic import DISK_ERRORS
 from fersynth.cli import app as app_cli
 from fersynth.cli import compose as compose_cli
 from fersynth.cli import data as data_cli
@@ -53,10 +53,6 @@ _EXIT = (typer.Exit, *(m.Exit for m in _CLICK if hasattr(m, "Exit")))
 _ABORT = (typer.Abort, *(m.Abort for m in _CLICK if hasattr(m, "Abort")))
 _USAGE = tuple(m.UsageError for m in _CLICK)
 _CLICK_ERROR = tuple(m.ClickException for m in _CLICK)
-# Writing failed because of where, not what: one line naming the file, exit 2.
-_DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                errno.EPERM: "operation not permitted"}
 
 
 def _flags_shown_as_flags() -> None:
@@ -121,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         err.print("aborted")
         return _exit(130, argv)
     except OSError as e:
-        if e.errno not in _DISK_ERRORS:
+        if e.errno not in DISK_ERRORS:
             raise
         where = e.filename or "output"
-        err.print(f"[bold red]error:[/] {where}: cannot write: {_DISK_ERRORS[e.errno]} "
+        err.print(f"[bold red]error:[/] {where}: cannot write: {DISK_ERRORS[e.errno]} "
                   "(hint: free space or choose a writable --out; finished files are kept)", markup=True)
         return _exit(2, argv)
     except KeyboardInterrupt:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fersynth import __version__
-from fersynth.atomic import atomic_open, write_json_atomic
+from fersynth.atomic import DISK_ERRORS, atomic_open, write_json_atomic
 from fersynth.atomic import json_default as _json
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
@@ -89,14 +89,21 @@ class Runner:
             self._fail(stage_id, str(e))
         except (KeyboardInterrupt, SystemExit):
             raise
+        except OSError as e:
+            if e.errno in DISK_ERRORS:  # a full disk or an unwritable folder stops every stage alike
+                raise
+            self._stage_bug(stage_id, e)
         except Exception as e:  # a bug or an environment problem: keep the others going, log the traceback
-            logs = self.out / "logs"
-            logs.mkdir(exist_ok=True)
-            (logs / f"{stage_id}.log").write_text(traceback.format_exc())
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            self._fail(stage_id, f"{type(e).__name__}: {first} (traceback in logs/{stage_id}.log)")
+            self._stage_bug(stage_id, e)
         self.state.keys[stage_id] = key
         return d
+
+    def _stage_bug(self, stage_id: str, e: Exception):
+        logs = self.out / "logs"
+        logs.mkdir(exist_ok=True)
+        (logs / f"{stage_id}.log").write_text(traceback.format_exc())
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        self._fail(stage_id, f"{type(e).__name__}: {first} (traceback in logs/{stage_id}.log)")
 
     def _fail(self, stage_id: str, reason: str):
         self.state.failed[stage_id] = reason
