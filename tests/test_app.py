@@ -105,7 +105,7 @@ def test_smoother_average_damps_a_single_frame():
     for _ in range(5):
         s.update(onehot(3))
     assert s.update(onehot(0)) is False and s.current == 3  # one frame cannot outweigh five
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match="smoothing alpha 0.0 out of range"):
         EmotionSmoother(7, alpha=0.0)
 
 

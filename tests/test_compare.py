@@ -143,11 +143,11 @@ def test_compare_aggregates_seeds_per_arm():
 def test_compare_validates_arguments():
     y, ids = make_data()
     ra, _ = run(y, ids, 0.5, seed=1, n_boot=10)
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match="no results to compare"):
         compare_runs([])
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match="names must be unique"):
         compare_runs([ra, ra], names=["a", "a"])
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match="baseline index 5 out of range"):
         compare_runs([ra, ra], baseline=5)
 
 

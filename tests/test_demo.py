@@ -93,18 +93,18 @@ def test_counts_by_class_name():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        {"difficulty": 1.5},
-        {"label_noise": 1.0},
-        {"label_noise": -0.1},
-        {"size": 8},
-        {"num_classes": 9},
-        {"seed": -1},
+        ({"difficulty": 1.5}, "difficulty 1.5 out of range"),
+        ({"label_noise": 1.0}, "label_noise 1.0 out of range"),
+        ({"label_noise": -0.1}, "label_noise -0.1 out of range"),
+        ({"size": 8}, "demo face size 8 too small"),
+        ({"num_classes": 9}, "unsupported class count 9"),
+        ({"seed": -1}, "demo seed -1 is negative"),
     ],
 )
-def test_bad_arguments(kwargs):
-    with pytest.raises(FersynthError):
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(FersynthError, match=message):
         make_demo_faces(1, **kwargs)
 
 

@@ -174,7 +174,7 @@ def test_huge_buckets_are_compared_blockwise(monkeypatch):
 
 @pytest.mark.parametrize("radius", [-1, 17])
 def test_radius_out_of_range(radius):
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match=f"radius {radius} is outside 0..16"):
         dup.near_group_ids(np.zeros(3, np.uint64), radius)
 
 

@@ -81,7 +81,7 @@ def test_unknown_option_is_refused():
 
 
 def test_pretrained_refused_where_absent(tmp_path):
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match="'fernet_s' has no pretrained initialisation"):
         create_model("fernet_s", pretrained_path=str(tmp_path / "w.safetensors"))
 
 

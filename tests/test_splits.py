@@ -77,7 +77,7 @@ def test_empty_validation_is_an_error(labels, groups):
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_fraction_out_of_range(fraction):
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match=f"validation fraction {fraction} is not between 0 and 1"):
         group_stratified_split([0, 0, 1, 1], None, fraction)
 
 

@@ -39,7 +39,7 @@ def test_mcnemar_chi2_with_continuity_correction():
 
 def test_mcnemar_no_discordance_and_bad_shapes():
     assert mcnemar(*discordant(0, 0))["p_value"] == 1.0
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match="McNemar needs two 1-D arrays of the same length"):
         mcnemar([True, False], [True])
 
 
@@ -155,5 +155,5 @@ def test_seed_averaged_bootstrap_null_and_shape_check():
     pb = rng.integers(0, 7, (2, 400))
     r = seed_averaged_paired_bootstrap(y, pa, pb, 7, n_boot=300, seed=0)
     assert r["mean_class_accuracy"]["p_value"] > 0.05
-    with pytest.raises(FersynthError):
+    with pytest.raises(FersynthError, match=r"predictions \(2, 10\) / \(2, 400\) do not fit 400 labels"):
         seed_averaged_paired_bootstrap(y, pa[:, :10], pb, 7)
