@@ -51,14 +51,25 @@ def test_eval_cli_writes_metrics_and_figures(capsys, runs, data_dir, tmp_path):
                          "--out", tmp_path / "e", "--bootstrap", 200)
     assert code == 0, err
     res = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert res["n"] == 42 and 0 <= res["accuracy"] <= 1
+    assert res["n"] == 42
     lo, hi = res["ci95"]["accuracy"]
     assert lo <= res["accuracy"] <= hi
     assert (tmp_path / "e" / "confusion.png").stat().st_size > 1000
     preds = (tmp_path / "e" / "predictions.csv").read_text().splitlines()
     assert len(preds) == 43 and preds[0].startswith("id,path,subset,label,pred,p_angry")
-    code, out, _ = run(capsys, "eval", runs / "s0", "--data", data_dir, "--json", "--bootstrap", 0)
-    assert {"accuracy", "mean_class_accuracy"} <= set(json.loads(out))
+    # the figures are the predictions' own: recomputed from predictions.csv
+    import pandas as pd
+
+    p = pd.read_csv(tmp_path / "e" / "predictions.csv")
+    assert (p["subset"] == "PrivateTest").all()
+    assert res["accuracy"] == pytest.approx((p["pred"] == p["label"]).mean())
+    recall = [(g["pred"] == c).mean() for c, g in p.groupby("label")]
+    assert res["mean_class_accuracy"] == pytest.approx(np.mean(recall))
+    probs = p[[c for c in p.columns if c.startswith("p_")]].to_numpy()
+    assert (np.array([c[2:] for c in p.columns if c.startswith("p_")])[probs.argmax(1)] == p["pred"]).all()
+    code, out, _ = run(capsys, "eval", runs / "s0", "--data", data_dir, "--subset", "PrivateTest", "--json",
+                       "--bootstrap", 0)
+    assert json.loads(out)["accuracy"] == res["accuracy"]  # the same figure printed as written
 
 
 def test_compare_cli(capsys, runs, data_dir, tmp_path):
@@ -68,6 +79,25 @@ def test_compare_cli(capsys, runs, data_dir, tmp_path):
     assert code == 0, err
     cmp = json.loads(out)
     assert cmp["names"] == ["s0", "s1"] and "mcnemar" in json.dumps(cmp)
+    # the deltas and McNemar's counts are those of the two runs' predictions
+    import pandas as pd
+
+    a, b = (pd.read_csv(tmp_path / s / "predictions.csv").set_index("id") for s in ("s0", "s1"))
+    b = b.loc[a.index]
+    ra, rb = ((x["pred"] == x["label"]) for x in (a, b))
+    pair = next(v for v in _dicts(cmp) if "mcnemar" in v)
+    assert pair["metrics"]["accuracy"]["delta"] == pytest.approx(rb.mean() - ra.mean())  # s1 - s0
+    assert (pair["mcnemar"]["b"], pair["mcnemar"]["c"]) == (int((ra & ~rb).sum()), int((~ra & rb).sum()))
+
+
+def _dicts(obj):
+    """Every dict in a nested JSON object."""
+    if isinstance(obj, dict):
+        yield obj
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            yield from _dicts(v)
 
 
 def test_class_count_mismatch_needs_mapping(runs, data_dir):

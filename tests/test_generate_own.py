@@ -104,7 +104,7 @@ def test_sample_counts_provenance_and_seed(weights, tmp_path):
     run_generation(gen(weights), items, tmp_path / "b", domain=DomainSpec(size=48), shard_size=6, batch_size=6,
                    progress=False)
     m2 = Manifest.load(tmp_path / "b" / "manifest")
-    assert np.abs(m.pixels[:, 20:24, 20:24].astype(int) - m2.pixels[:, 20:24, 20:24]).max() <= 1
+    assert np.abs(m.pixels.astype(int) - m2.pixels).max() <= 1  # whole images; batch size may move an LSB
     run_generation(gen(weights), plan_sample([0, 3, 5], 2, seed=8, params={"cfg_scale": 2.0}), tmp_path / "c", domain=DomainSpec(size=48),
                    progress=False)
     m3 = Manifest.load(tmp_path / "c" / "manifest")

@@ -118,7 +118,7 @@ def test_sample_provenance_determinism_and_domain(sd_dir, tmp_path):
     again = run_generation(gen(sd_dir), items, tmp_path / "b", domain=dom, batch_size=4, progress=False)
     assert again["written"] == 4
     m2 = Manifest.load(tmp_path / "b" / "manifest")
-    assert np.abs(m.pixels[:, 8:12, 8:12].astype(int) - m2.pixels[:, 8:12, 8:12]).max() <= 1
+    assert np.abs(m.pixels.astype(int) - m2.pixels).max() <= 1  # whole images; batch size may move an LSB
     other = gen(sd_dir).generate(plan_prompts([3, 4], 2, seed=6))
     assert np.abs(other.astype(int) - gen(sd_dir).generate(items)).mean() > 1
     rgb = gen(sd_dir).generate(items[:1])
@@ -172,6 +172,11 @@ def test_resume_after_kill(sd_dir, tmp_path):
     assert s["generated_now"] == 4 and s["written"] == 6
     m = Manifest.load(tmp_path / "r" / "manifest")
     assert m.df["gen_index"].tolist() == list(range(6)) and m.df["id"].is_unique
+    # the same images, pixel for pixel, as a run that was never interrupted
+    run_generation(inner, items, tmp_path / "whole", shard_size=4, batch_size=2, progress=False)
+    whole = Manifest.load(tmp_path / "whole" / "manifest")
+    assert np.array_equal(np.asarray(m.pixels), np.asarray(whole.pixels))
+    assert m.df["id"].tolist() == whole.df["id"].tolist()
 
 
 def test_face_detection_drops_faceless_outputs(sd_dir, tmp_path):
