@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fersynth.errors import FersynthError
+from fersynth.verify.calibrate import CalibrationConfig
 
 STRATEGIES = ("real", "append", "balance", "expand", "synthetic-only", "mix", "oversample", "class-weighted")
 SYNTHETIC_STRATEGIES = ("append", "balance", "expand", "synthetic-only", "mix")
@@ -93,6 +94,9 @@ class VerifySection(_Strict):
                                description="'baseline' (the baseline arm, first seed) or model paths")
     policy: dict = Field(default_factory=dict, description="VerifyPolicy fields: mode, k, threshold, relabel, ...")
     test_reference: bool = Field(True, description="drop near-duplicates of test and validation images")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig,
+                                           description="calibrate the policy on part of the validation split: "
+                                                       "method none | prior | thresholds | both, target_keep, ...")
 
 
 class ArmConfig(_Strict):

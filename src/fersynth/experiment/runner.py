@@ -480,6 +480,8 @@ class Runner:
                 ekeys.append(json.dumps(fingerprint(e), sort_keys=True))
         key = {"stage": "verify/1", "images": ikey, "experts": ekeys, "policy": v.policy,
                "test_reference": v.test_reference, "data": self.state.keys[REAL_STAGE]}
+        if v.calibration.enabled:  # without calibration the verdicts, and so the key, stay as before
+            key["calibration"] = v.calibration.model_dump()
 
         def fn(out: Path):
             from pydantic import ValidationError
@@ -496,7 +498,8 @@ class Runner:
             syn = Manifest.load(images / "manifest")
             ex = [load_expert(p) for p in experts]
             ref = self.real if v.test_reference else None
-            _, rep = verify(syn, ex, policy, ref, out_dir=out / "verified", progress=self.progress)
+            _, rep = verify(syn, ex, policy, ref, real=self.real, calibration=v.calibration, out_dir=out / "verified",
+                            progress=self.progress)
             (out / "verify.json").write_text(json.dumps(rep, indent=2, default=_json))
             return {"counts": rep["counts"]}
 
