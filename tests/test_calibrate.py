@@ -229,3 +229,12 @@ def test_verify_cli_bad_calibration_values(imbalanced_run, ckpt, tmp_path, capsy
         assert msg in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) <= 2
         assert not o.exists()
+
+
+def test_a_class_without_fit_rows_stays_uncalibrated():
+    per, y = imbalanced_experts(700, seed=4)
+    keep = (y != DISGUST) | (np.arange(len(y)) == np.flatnonzero(y == DISGUST)[0])  # one disgust row: check part
+    cal, rep = calibrate_and_check(per[:, keep], y[keep], POLICY, CalibrationConfig(method="both"))
+    assert rep["uncalibrated_classes"] == ["disgust"]
+    assert (cal.bias[:, DISGUST] == 0).all() and cal.thresholds[DISGUST] == POLICY.threshold
+    assert rep["calibrated"]["rows_per_class"]["disgust"] == 1

@@ -106,7 +106,8 @@ def fit_check_split(labels: np.ndarray, fit_fraction: float, seed: int) -> np.nd
 
 
 def fit_prior(per_expert: np.ndarray, labels: np.ndarray, l2: float = 1e-3, iters: int = 200) -> tuple:
-    """Per expert, temperature (E,) and bias (E, K) minimising the class-balanced NLL of `labels`."""
+    """Per expert, temperature (E,) and bias (E, K) minimising the class-balanced NLL of `labels`
+    (classes without rows keep bias 0)."""
     import torch
 
     p = np.asarray(per_expert, dtype=np.float32)
@@ -124,16 +125,15 @@ def fit_prior(per_expert: np.ndarray, labels: np.ndarray, l2: float = 1e-3, iter
 
         def closure(logp=logp, log_t=log_t, b=b, opt=opt):
             opt.zero_grad()
-            z = logp / log_t.exp() + b
+            z = logp / log_t.exp() + b * present  # a class without rows keeps bias 0
             nll = -torch.log_softmax(z, dim=1)[torch.arange(len(y)), y]
-            loss = (nll * w[y]).sum() + l2 * (b - b.mean()).pow(2).sum()
+            loss = (nll * w[y]).sum() + l2 * (b * present).pow(2).sum()
             loss.backward()
             return loss
 
         opt.step(closure)
         temps.append(float(log_t.detach().exp()))
-        bb = b.detach().numpy()
-        biases.append(bb - bb.mean())
+        biases.append((b * present).detach().numpy())
     return np.asarray(temps, dtype=np.float32), np.asarray(biases, dtype=np.float32)
 
 
@@ -219,10 +219,8 @@ def calibrate_and_check(per_expert: np.ndarray, labels: np.ndarray, policy: Veri
                  "uncalibrated": keep_rates(p[:, ~fit], y[~fit], policy, None, weights, cfg.seed)}
     cal = None
     if cfg.enabled:
-        missing = [CLASSES[c] for c in np.unique(y) if not fit[y == c].any()]
-        if missing:
-            raise FersynthError(f"no real validation image of {', '.join(missing)} to fit the calibration on",
-                                hint="use more validation images, or calibration method 'none'")
+        # A class with no fit rows keeps the uncalibrated treatment (bias 0, the policy's threshold).
+        rep["uncalibrated_classes"] = [CLASSES[c] for c in range(p.shape[2]) if not (y[fit] == c).any()]
         cal = fit_calibration(p[:, fit], y[fit], policy, cfg, weights)
         rep["calibrated"] = keep_rates(p[:, ~fit], y[~fit], policy, cal, weights, cfg.seed)
         rep["calibration"] = cal.to_dict(names)
