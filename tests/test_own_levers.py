@@ -77,11 +77,18 @@ def test_min_snr_weights():
     assert (wv < w).all() and torch.allclose(wv, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1), atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def base(real, tmp_path_factory):
+    """The plain recipe, 2 epochs: what each lever is compared with."""
+    out = tmp_path_factory.mktemp("own") / "base"
+    return out, train_own(real, OwnConfig(**dict(TINY, epochs=2)), out, progress=False)
+
+
 @pytest.mark.parametrize("lever", [{"class_balance": 1.0}, {"prediction": "v_prediction"}, {"snr_gamma": 1.0}])
-def test_each_lever_changes_the_training(real, tmp_path, lever):
-    base = train_own(real, OwnConfig(**dict(TINY, epochs=2)), tmp_path / "base", progress=False)
+def test_each_lever_changes_the_training(real, base, tmp_path, lever):
+    base_dir, base = base
     info = train_own(real, OwnConfig(**dict(TINY, epochs=2, **lever)), tmp_path / "lever", progress=False)
-    assert not same(weights_of(tmp_path / "base"), weights_of(tmp_path / "lever"))
+    assert not same(weights_of(base_dir), weights_of(tmp_path / "lever"))
     assert info["config"] | lever == info["config"] and info["steps"] == base["steps"]
     sched = json.loads((tmp_path / "lever" / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == lever.get("prediction", "epsilon")
