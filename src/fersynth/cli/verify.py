@@ -40,17 +40,40 @@ def _label_map(items: list[str] | None) -> dict[str, str]:
     return {canonical_name(k): v for k, v in parse_class_map(items or []).items()}
 
 
-def _policy(**kw):
+def _validated(model, what: str, **kw):
     from pydantic import ValidationError
 
-    from fersynth.verify.policy import VerifyPolicy
-
     try:
-        return VerifyPolicy(**{k: v for k, v in kw.items() if v is not None})
+        return model(**{k: v for k, v in kw.items() if v is not None})
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "policy"
-        raise FersynthError(f"policy {where}: {err['msg']}", hint="see `fersynth verify --help`") from None
+        where = ".".join(map(str, err["loc"])) or what
+        raise FersynthError(f"{what} {where}: {err['msg']}", hint="see `fersynth verify --help`") from None
+
+
+def _policy(**kw):
+    from fersynth.verify.policy import VerifyPolicy
+
+    return _validated(VerifyPolicy, "policy", **kw)
+
+
+def _print_real_check(rc: dict) -> None:
+    """Keep rates on real validation images (true and shuffled labels), before / after calibration."""
+    runs = [("uncalibrated", rc["uncalibrated"])] + ([("calibrated", rc["calibrated"])] if "calibrated" in rc else [])
+    t = Table(title=f"keep rate on {rc['check_rows']} real validation images (calibration '{rc['method']}' fit on "
+                    f"{rc['fit_rows']} others)")
+    t.add_column("class")
+    t.add_column("images", justify="right")
+    for name, _ in runs:
+        t.add_column(f"real, {name}", justify="right")
+        t.add_column(f"shuffled, {name}", justify="right")
+    first = runs[0][1]
+    for c in [*first["rows_per_class"], "overall"]:
+        cells = [c, str(first["rows_per_class"].get(c, first["rows"]))]
+        for _, r in runs:
+            cells += [f"{r['real_keep_rate'].get(c, 0):.2f}", f"{r['shuffled_keep_rate'].get(c, 0):.2f}"]
+        t.add_row(*cells)
+    console.print(t)
 
 
 def verify(
@@ -69,21 +92,38 @@ def verify(
     radius: int = typer.Option(4, "--radius", help="pHash Hamming radius for near-duplicates."),
     no_dedup: bool = typer.Option(False, "--no-dedup", help="Keep near-duplicates of each other."),
     class_map: list[str] = MapOpt,
+    real: Path = typer.Option(None, "--real", help="Real dataset/manifest: the policy's keep rate on its validation "
+                                                   "images (carved from training when it has none), true and "
+                                                   "shuffled labels."),
+    calibrate: str = typer.Option("none", "--calibrate",
+                                  help="none | prior (temperature + class bias per expert) | thresholds (per class) "
+                                       "| both; fit on part of --real's validation images."),
+    target_keep: float = typer.Option(None, "--target-keep",
+                                      help="thresholds: share of each class's real images to keep (default 0.7)."),
+    fit_fraction: float = typer.Option(None, "--fit-fraction",
+                                       help="Share of the validation images the calibration is fit on (default 0.5); "
+                                            "keep rates are reported on the rest."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Score synthetic images with expert models: keep, relabel (soft label) or drop each one."""
     from fersynth.data.ingest import load_any
+    from fersynth.verify.calibrate import CalibrationConfig
     from fersynth.verify.run import verify as run_verify
 
     pol = _policy(mode=policy, k=k, threshold=threshold, relabel=not no_relabel, relabel_threshold=relabel_threshold,
                   min_q_score=min_quality, dedup=not no_dedup, radius=radius)
+    cal = _validated(CalibrationConfig, "calibration", method=calibrate, target_keep=target_keep,
+                     fit_fraction=fit_fraction)
+    if cal.enabled and real is None:
+        raise FersynthError(f"--calibrate {calibrate} needs real validation images", hint="add --real PATH")
     m, _ = load_any(synth)
     from fersynth.verify.run import intended_labels
 
     intended_labels(m)  # fail on missing intended labels before loading any model
     ref = load_any(test_reference)[0] if test_reference is not None else None
-    _, report = run_verify(m, _experts(experts), pol, ref, label_map=_label_map(class_map), out_dir=out,
-                           progress=not json_out)
+    real_m = load_any(real)[0] if real is not None else None
+    _, report = run_verify(m, _experts(experts), pol, ref, label_map=_label_map(class_map), real=real_m,
+                           calibration=cal, out_dir=out, progress=not json_out)
     if json_out:
         print_json(report)
         return
@@ -98,6 +138,8 @@ def verify(
     console.print("reasons: " + ", ".join(f"{r} {n}" for r, n in report["reasons"].items()))
     if report["test_reference"]:
         console.print(f"near-duplicates of test images: {report['test_reference']['near_duplicates']}")
+    if report["real_check"]:
+        _print_real_check(report["real_check"])
     console.print(f"-> {out} (manifest, report.json, acceptance.csv, grid.png)")
 
 

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fersynth.errors import FersynthError
+from fersynth.verify.calibrate import CalibrationConfig
 
 STRATEGIES = ("real", "append", "balance", "expand", "synthetic-only", "mix", "oversample", "class-weighted")
 SYNTHETIC_STRATEGIES = ("append", "balance", "expand", "synthetic-only", "mix")
@@ -62,7 +63,8 @@ class GeneratorConfig(_Strict):
     weights: str | None = Field(None, description="own: a trained weights folder (skips training); sd: the model")
     arch: str | None = Field(None, description="sd single-file checkpoints: sd | sdxl | sd3")
     config: str | None = Field(None, description="sd single-file checkpoints: local diffusers config folder")
-    train: dict = Field(default_factory=dict, description="own: OwnConfig fields (size, channels, max_minutes, ...)")
+    train: dict = Field(default_factory=dict, description="own: OwnConfig fields (size, channels, max_minutes, ...) "
+                                                          "or `preset: NAME` (e.g. fer2013-cpu) plus overrides")
     mode: Literal["sample", "expand", "guided"] = "sample"
     per_class: int | dict[str, int] = Field(300, description="sample / guided: images per class (or per class name)")
     k: int = Field(2, ge=1, description="expand: variants per real training image")
@@ -70,6 +72,8 @@ class GeneratorConfig(_Strict):
     sources_per_class: int | None = Field(None, ge=1, description="expand: real images per class (seeded pick)")
     steps: int = Field(25, ge=1)
     cfg_scale: float | None = Field(None, description="classifier-free guidance (default: own 2.0, sd 7.0)")
+    cfg_scale_per_class: dict[str, float] = Field(default_factory=dict,
+                                                  description="own: guidance scale per class name (others: cfg_scale)")
     scheduler: str | None = None
     guidance: float = Field(0.1, ge=0, description="guided: classifier step size")
     guidance_start: float = Field(0.5, ge=0, le=1)
@@ -93,6 +97,9 @@ class VerifySection(_Strict):
                                description="'baseline' (the baseline arm, first seed) or model paths")
     policy: dict = Field(default_factory=dict, description="VerifyPolicy fields: mode, k, threshold, relabel, ...")
     test_reference: bool = Field(True, description="drop near-duplicates of test and validation images")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig,
+                                           description="calibrate the policy on part of the validation split: "
+                                                       "method none | prior | thresholds | both, target_keep, ...")
 
 
 class ArmConfig(_Strict):

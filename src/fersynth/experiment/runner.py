@@ -393,16 +393,13 @@ class Runner:
             key = {"weights": fingerprint(g.weights)}
             self.state.keys[sid] = f"weights:{json.dumps(key, sort_keys=True)}"
             return Path(g.weights), self.state.keys[sid]
-        from pydantic import ValidationError
-
-        from fersynth.generate.own import OwnConfig
+        from fersynth.generate.own import own_config
 
         try:
-            ocfg = OwnConfig(**{"seed": g.seed, **g.train})
-        except ValidationError as e:
-            err = e.errors()[0]
-            self._fail(sid, f"generators.{name}.train.{'.'.join(map(str, err['loc']))}: {err['msg']}")
-        key = {"stage": "own-train/1", "data": self.state.keys[REAL_STAGE], "config": ocfg.model_dump(mode="json"),
+            ocfg = own_config({"seed": g.seed, **g.train}, where=f"generators.{name}.train")
+        except FersynthError as e:
+            self._fail(sid, str(e))
+        key = {"stage": "own-train/1", "data": self.state.keys[REAL_STAGE], "config": ocfg.identity(),
                "device": g.device}
 
         def fn(out: Path):
@@ -431,7 +428,9 @@ class Runner:
         else:
             ckey = None
         key = {"stage": "generate/1", "model": wkey, "data": self.state.keys[REAL_STAGE], "classifier": ckey,
-               "gen": g.model_dump(mode="json", exclude={"train", "weights", "device", "batch_size"}),
+               # cfg_scale_per_class joins the key only when set, so that older studies stay cached
+               "gen": g.model_dump(mode="json", exclude={"train", "weights", "device", "batch_size"}
+                                   | (set() if g.cfg_scale_per_class else {"cfg_scale_per_class"})),
                "shape": list(real.image_shape),
                "sampler": g.scheduler or ("ddpm" if g.kind == "own" else "pipeline default")}
 
@@ -450,14 +449,17 @@ class Runner:
             if g.kind == "own":
                 from fersynth.generate.own import OwnGenerator
 
+                class_cfg = {CLASSES.index(c): v for c, v in zip(_per_class_names(g.cfg_scale_per_class, k, "cfg_scale_per_class"),
+                                                                   g.cfg_scale_per_class.values(), strict=True)}
                 gen = OwnGenerator(weights, scheduler=g.scheduler or "ddpm", steps=g.steps, cfg_scale=cfg_scale,
                                    device=g.device, source=src, classifier=classifier, guidance=g.guidance,
-                                   guidance_start=g.guidance_start)
+                                   guidance_start=g.guidance_start, class_cfg=class_cfg)
                 params = {"cfg_scale": cfg_scale, "steps": g.steps}
                 if g.mode == "expand":
                     items = plan_expand(src, g.k, g.seed, dict(params, strength=g.strength))
                 else:
-                    items = _plan_counts(counts, lambda c, n: plan_sample([c], n, g.seed + 7919 * c, g.mode, params))
+                    items = _plan_counts(counts, lambda c, n: plan_sample(
+                        [c], n, g.seed + 7919 * c, g.mode, dict(params, cfg_scale=class_cfg.get(c, cfg_scale))))
             else:
                 from fersynth.generate.prompts import DEFAULT_NEGATIVE
                 from fersynth.generate.sd import SdGenerator, plan_img2img, plan_prompts
@@ -502,6 +504,8 @@ class Runner:
                 ekeys.append(json.dumps(fingerprint(e), sort_keys=True))
         key = {"stage": "verify/1", "images": ikey, "experts": ekeys, "policy": v.policy,
                "test_reference": v.test_reference, "data": self.state.keys[REAL_STAGE]}
+        if v.calibration.enabled:  # without calibration the verdicts, and so the key, stay as before
+            key["calibration"] = v.calibration.model_dump()
 
         def fn(out: Path):
             from pydantic import ValidationError
@@ -518,7 +522,8 @@ class Runner:
             syn = Manifest.load(images / "manifest")
             ex = [load_expert(p) for p in experts]
             ref = self.real if v.test_reference else None
-            _, rep = verify(syn, ex, policy, ref, out_dir=out / "verified", progress=self.progress)
+            _, rep = verify(syn, ex, policy, ref, real=self.real, calibration=v.calibration, out_dir=out / "verified",
+                            progress=self.progress)
             (out / "verify.json").write_text(json.dumps(rep, indent=2, default=_json))
             return {"counts": rep["counts"]}
 
@@ -526,20 +531,28 @@ class Runner:
         return d / "verified", self.state.keys[sid]
 
 
-def _per_class(spec, k: int) -> list[int]:
-    if isinstance(spec, int):
-        return [spec] * k
+def _per_class_names(names, k: int, what: str = "per_class") -> list[str]:
+    """Canonical names of the class names of a per-class mapping; unknown ones are one clear error."""
     from fersynth.labels import canonical_name
 
-    out = [0] * k
-    for name, n in spec.items():
+    out = []
+    for name in names:
         try:
             c = CLASSES.index(canonical_name(name))
         except (ValueError, FersynthError):
-            raise FersynthError(f"per_class: unknown class '{name}'", hint=f"classes: {', '.join(CLASSES[:k])}") from None
+            raise FersynthError(f"{what}: unknown class '{name}'", hint=f"classes: {', '.join(CLASSES[:k])}") from None
         if c >= k:
-            raise FersynthError(f"per_class: class '{name}' is not in the data")
-        out[c] = int(n)
+            raise FersynthError(f"{what}: class '{name}' is not in the data")
+        out.append(CLASSES[c])
+    return out
+
+
+def _per_class(spec, k: int) -> list[int]:
+    if isinstance(spec, int):
+        return [spec] * k
+    out = [0] * k
+    for name, n in zip(_per_class_names(spec, k), spec.values(), strict=True):
+        out[CLASSES.index(name)] = int(n)
     return out
 
 

@@ -8,6 +8,10 @@ and its mean probability is >= relabel_threshold) the image is *relabelled* to t
 with the ensemble's averaged distribution as its soft label (SynFER's calibration). Anything
 else is *dropped*. Images below a quality score, near-duplicates of an earlier accepted
 image and near-duplicates of a test image are dropped whatever the experts say.
+
+Both modes reduce to one *keep score* per image and intended class (`keep_score`): kept
+iff score >= threshold. A per-class threshold vector (fitted by `verify.calibrate`) may
+replace the policy's single threshold.
 """
 
 from __future__ import annotations
@@ -91,6 +95,51 @@ def normalise(probs: np.ndarray, num_classes: int) -> np.ndarray:
     return np.divide(p, s, out=np.zeros_like(p), where=s > 0)
 
 
+def _checked(per_expert, intended) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(per_expert, dtype=np.float32)
+    if p.ndim == 2:
+        p = p[None]
+    if p.ndim != 3:
+        raise ValueError(f"per-expert probabilities must be (E, N, K), got {p.shape}")
+    _, n, k = p.shape
+    y = np.asarray(intended, dtype=np.int64)
+    if y.shape != (n,):
+        raise ValueError(f"{len(y)} intended labels for {n} images")
+    if n and (y.min() < 0 or y.max() >= k):
+        raise FersynthError(
+            f"intended labels must lie in 0..{k - 1}, got {int(y.min())}..{int(y.max())}",
+            hint="every image to verify needs the class it was generated for",
+        )
+    return p, y
+
+
+def ensemble_mean(p: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """(N, K) weighted mean of per-expert probabilities (E, N, K)."""
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return np.tensordot(w / w.sum(), p, axes=1).astype(np.float32)
+
+
+def keep_score(
+    per_expert: np.ndarray,
+    intended: Sequence[int] | np.ndarray,
+    policy: VerifyPolicy | None = None,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Per image, the highest threshold at which `policy` would still keep it for its intended class.
+
+    mode "mean": the ensemble's mean probability of the intended class; mode "vote": the k-th
+    largest probability of the intended class among the experts whose argmax it is (-1 when
+    fewer than k experts name it). An image is kept iff keep_score >= threshold.
+    """
+    policy = policy or VerifyPolicy()
+    p, y = _checked(per_expert, intended)
+    rows = np.arange(len(y))
+    if policy.mode == "mean":
+        return ensemble_mean(p, weights)[rows, y]
+    q = np.where(p.argmax(axis=2) == y[None], p[:, rows, y], -1.0)
+    return -np.sort(-q, axis=0)[policy.needed_votes(len(p)) - 1].astype(np.float32)
+
+
 def decide(
     per_expert: np.ndarray,
     intended: Sequence[int] | np.ndarray,
@@ -101,38 +150,26 @@ def decide(
     exact_hashes: Sequence[str] | None = None,
     test_duplicate: np.ndarray | None = None,
     weights: Sequence[float] | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> Decision:
     """Verdicts for N images from per-expert probabilities (E, N, K) in canonical order.
 
     `q_score` enables the quality filter (with policy.min_q_score); `phashes` (and optionally
     `exact_hashes`, pixel digests) enable dropping near-duplicates of an earlier accepted
     image; `test_duplicate` marks images that are near-duplicates of a test image.
+    `thresholds` (K,) replaces policy.threshold with one threshold per intended class.
     """
     policy = policy or VerifyPolicy()
-    p = np.asarray(per_expert, dtype=np.float32)
-    if p.ndim == 2:
-        p = p[None]
-    if p.ndim != 3:
-        raise ValueError(f"per-expert probabilities must be (E, N, K), got {p.shape}")
+    p, y = _checked(per_expert, intended)
     n_exp, n, k = p.shape
-    y = np.asarray(intended, dtype=np.int64)
-    if y.shape != (n,):
-        raise ValueError(f"{len(y)} intended labels for {n} images")
-    if n and (y.min() < 0 or y.max() >= k):
-        raise FersynthError(
-            f"intended labels must lie in 0..{k - 1}, got {int(y.min())}..{int(y.max())}",
-            hint="every image to verify needs the class it was generated for",
-        )
-    w = np.ones(n_exp) if weights is None else np.asarray(weights, dtype=np.float64)
-    mean = np.tensordot(w / w.sum(), p, axes=1).astype(np.float32)
+    mean = ensemble_mean(p, weights)
     rows = np.arange(n)
     p_int = mean[rows, y]
-    hit = (p.argmax(axis=2) == y[None]) & (p[:, rows, y] >= policy.threshold)
+    thr = np.full(n, policy.threshold, np.float32) if thresholds is None else \
+        np.asarray(thresholds, dtype=np.float32)[y]
+    hit = (p.argmax(axis=2) == y[None]) & (p[:, rows, y] >= thr[None])
     n_agree = hit.sum(axis=0).astype(np.int64)
-    if policy.mode == "vote":
-        agree = n_agree >= policy.needed_votes(n_exp)
-    else:
-        agree = p_int >= policy.threshold
+    agree = keep_score(p, y, policy, weights) >= thr
     top = mean.argmax(axis=1)
     confident_other = (top != y) & (mean.max(axis=1) >= policy.relabel_threshold)
     relabel = ~agree & confident_other & policy.relabel

@@ -1,5 +1,7 @@
 """`fersynth verify` as a function: score synthetic images with an ensemble of experts and apply
-a VerifyPolicy; write the verified manifest, a per-class acceptance table and a grid figure."""
+a VerifyPolicy; write the verified manifest, a per-class acceptance table and a grid figure.
+Given real data, it also checks (and optionally calibrates) the policy on real validation
+images (`verify.calibrate`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pandas as pd
 from fersynth.data.manifest import Manifest, pixel_hashes
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES, canonical_index
+from fersynth.verify.calibrate import CalibrationConfig, calibrate_and_check
 from fersynth.verify.experts import Expert
 from fersynth.verify.policy import (
     DROP,
@@ -113,6 +116,26 @@ def _heldout(reference: Manifest) -> Manifest:
     return reference.select(held) if held.any() else reference
 
 
+def validation_rows(real: Manifest, val_fraction: float = 0.1, seed: int = 0) -> Manifest:
+    """The real validation rows of `real`; carved from its training rows (stratified, seeded,
+    duplicate groups kept together, as `fersynth train` does) when it has none."""
+    df = real.df
+    real_rows = df["source"].eq("real").to_numpy() if "source" in df.columns else np.ones(len(df), bool)
+    labelled = real_rows & (pd.to_numeric(df["label"], errors="coerce").fillna(-1).to_numpy() >= 0)
+    val = labelled & df["split"].eq("val").to_numpy()
+    if val.any():
+        return real.select(val)
+    train = labelled & df["split"].eq("train").to_numpy()
+    if not train.any():
+        raise FersynthError("the real data has no labelled validation or training rows to check the verifier on",
+                            hint="give the dataset the experts' task comes from (its training split)")
+    from fersynth.data.duplicates import add_duplicate_columns
+    from fersynth.data.splits import carve_validation
+
+    carved = carve_validation(add_duplicate_columns(real.select(train)), val_fraction, seed)
+    return carved.where(split="val")
+
+
 def verify(
     synth: Manifest,
     experts: Sequence[Expert],
@@ -121,23 +144,40 @@ def verify(
     *,
     label_map: Mapping[str, str] | None = None,
     weights: Sequence[float] | None = None,
+    real: Manifest | None = None,
+    calibration: CalibrationConfig | None = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> tuple[Manifest, dict]:
     """Score every image of `synth` with `experts` and apply `policy`.
 
     Returns the manifest with expert_probs, verdict, label, soft_label, verify_reason (plus
-    verify_n_agree, verify_p_intended) and a JSON-able report. With `out_dir`, writes the
-    manifest there and adds report.json, acceptance.csv and grid.png beside it.
+    verify_n_agree, verify_p_intended) and a JSON-able report. With `real` (a dataset with
+    validation rows, or training rows to carve them from), the report's `real_check` gives the
+    policy's keep rates on real validation images and on them with shuffled labels; with
+    `calibration`, the policy is calibrated on part of those rows first (`verify.calibrate`),
+    and the verdicts use the calibrated probabilities and per-class thresholds. With
+    `out_dir`, writes the manifest there and adds report.json, acceptance.csv and grid.png.
     """
     from fersynth.data.duplicates import phash
 
     policy = policy or VerifyPolicy()
+    calibration = calibration or CalibrationConfig()
     if len(synth) == 0:
         raise FersynthError("the synthetic manifest is empty")
+    if calibration.enabled and real is None:
+        raise FersynthError(f"calibration '{calibration.method}' needs real validation images",
+                            hint="pass the real dataset (--real PATH) or use --calibrate none")
     intended = apply_label_map(intended_labels(synth), label_map)
     k = check_class_sets(experts, intended)
     names = expert_names(experts)
+    real_check, cal = None, None
+    if real is not None:
+        val = validation_rows(real)
+        y_val = apply_label_map(val.df["label"].to_numpy(dtype=np.int64), label_map)
+        k = max(k, check_class_sets(experts, y_val, "real validation labels"))
+        per_val = expert_probabilities(experts, val.pixels, k, progress=progress)
+        cal, real_check = calibrate_and_check(per_val, y_val, policy, calibration, weights, names)
     per = expert_probabilities(experts, synth.pixels, k, progress=progress)
 
     df = synth.df
@@ -159,8 +199,8 @@ def verify(
             from fersynth.quality import quality_scores
 
             q = quality_scores(synth.pixels)["q_score"].to_numpy()
-    d = decide(per, intended, policy, q_score=q, phashes=hashes, exact_hashes=exact,
-               test_duplicate=test_dup, weights=weights)
+    d = decide(cal.apply(per) if cal else per, intended, policy, q_score=q, phashes=hashes, exact_hashes=exact,
+               test_duplicate=test_dup, weights=weights, thresholds=cal.thresholds if cal else None)
 
     out = df.copy()
     out[INTENDED] = intended
@@ -190,8 +230,11 @@ def verify(
         "expert_agreement": {n: float((per[j].argmax(1) == intended).mean()) for j, n in enumerate(names)},
         "ensemble_agreement": float((d.mean_probs.argmax(1) == intended).mean()),
         "test_reference": ref_info,
+        "real_check": real_check,
     }
     meta = dict(synth.meta, verify={k_: report[k_] for k_ in ("experts", "policy", "counts")})
+    if cal is not None:
+        meta["verify"]["calibration"] = real_check["calibration"]
     verified = Manifest(out, synth.pixels, synth.root, meta)
     if out_dir is not None:
         write_outputs(verified, report, out_dir)
