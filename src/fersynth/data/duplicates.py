@@ -17,6 +17,7 @@ from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from fersynth.data.manifest import Manifest, pixel_hashes, to_gray
+from fersynth.data.pixels import batches, is_lazy
 from fersynth.errors import FersynthError
 
 HASH_SIZE = 32  # side of the resized image the DCT is taken on
@@ -102,6 +103,16 @@ def phash(pixels: np.ndarray) -> np.ndarray:
     distances are even (radius 5 finds what 4 does). Images whose AC terms carry less than
     MIN_AC_RMS grey levels (blank, near-constant) get DEGENERATE_HASH.
     """
+    if len(pixels) > PHASH_BATCH or is_lazy(pixels):  # memory-mapped or large: hash block by block
+        parts = [_phash(b) for _, b in batches(pixels, PHASH_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    return _phash(pixels)
+
+
+PHASH_BATCH = 4096
+
+
+def _phash(pixels) -> np.ndarray:
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[None]

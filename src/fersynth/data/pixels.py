@@ -129,8 +129,8 @@ def release(arr, nbytes: int | None = None) -> None:
 
 
 def is_lazy(pixels) -> bool:
-    """True for pixels read from disk on demand (a memory map or a `Rows` selection of one)."""
-    return isinstance(pixels, Rows) or _mmap_of(pixels) is not None
+    """True for pixels read from disk on demand (a memory map, or a `Rows` / `MapRows` over one)."""
+    return isinstance(pixels, (Rows, MapRows)) or _mmap_of(pixels) is not None
 
 
 def take(base, idx: np.ndarray) -> np.ndarray:
@@ -201,6 +201,31 @@ class Rows:
 
     def astype(self, dtype, copy=True):
         return np.asarray(self).astype(dtype)
+
+
+class MapRows:
+    """`fn` applied to whatever rows of `pixels` are read (e.g. histogram equalisation of a
+    memory-mapped set, done per batch instead of on a full in-memory copy)."""
+
+    def __init__(self, pixels, fn):
+        self.pixels, self.fn = pixels, fn
+
+    shape = property(lambda self: self.pixels.shape)
+    ndim = property(lambda self: self.pixels.ndim)
+    dtype = property(lambda self: self.pixels.dtype)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, key):
+        block = self.pixels[key]
+        if isinstance(key, (int, np.integer)):
+            return self.fn(np.asarray(block)[None])[0]
+        return self.fn(np.array(block))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 def batches(pixels, size: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
