@@ -103,13 +103,14 @@ def phash(pixels: np.ndarray) -> np.ndarray:
     distances are even (radius 5 finds what 4 does). Images whose AC terms carry less than
     MIN_AC_RMS grey levels (blank, near-constant) get DEGENERATE_HASH.
     """
-    if len(pixels) > PHASH_BATCH or is_lazy(pixels):  # memory-mapped or large: hash block by block
-        parts = [_phash(b) for _, b in batches(pixels, PHASH_BATCH)]
+    rows = max(64, PHASH_BATCH_BYTES // max(1, int(np.prod(pixels.shape[1:]))))
+    if len(pixels) > rows or is_lazy(pixels):  # memory-mapped or large: hash block by block
+        parts = [_phash(b) for _, b in batches(pixels, rows)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     return _phash(pixels)
 
 
-PHASH_BATCH = 4096
+PHASH_BATCH_BYTES = 4 << 20  # uint8 pixels per block (the float32 gray copy is 4/3 to 4x that)
 
 
 def _phash(pixels) -> np.ndarray:
