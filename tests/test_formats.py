@@ -321,3 +321,21 @@ def test_shared_fer2013_counts():
     assert list(c.loc["Training", [CLASSES.index(n) for n in names]]) == [3995, 436, 4097, 7215, 4830, 3171, 4965]
     assert list(c.loc["PublicTest", [CLASSES.index(n) for n in names]]) == [467, 56, 496, 895, 653, 415, 607]
     assert list(c.loc["PrivateTest", [CLASSES.index(n) for n in names]]) == [491, 55, 528, 879, 594, 416, 626]
+
+
+def test_failed_ingest_leaves_the_old_manifest_whole(tmp_path, monkeypatch):
+    """A decode error in a later chunk stops ingest: the manifest already at --out is untouched
+    and no temporary folder or partial pixels.npy is left beside it."""
+    import fersynth.data.ingest as ing
+    from fersynth.data.demo import write_demo_folder
+
+    root = write_demo_folder(tmp_path / "demo", 6, seed=1)
+    first, _ = ingest(root, out=tmp_path / "man")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "man").iterdir()}
+    last = sorted((root / "train" / "surprise").iterdir())[-1]
+    last.write_bytes(last.read_bytes()[:100])
+    monkeypatch.setattr(ing, "CHUNK", 8)
+    with pytest.raises(FersynthError, match=f"{last.name}: corrupt or truncated"):
+        ingest(root, out=tmp_path / "man", workers=2)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "man").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "man"]
