@@ -148,8 +148,7 @@ def decode_stream(paths: Sequence[str], spec: DecodeSpec, workers: int | None = 
     2 x workers chunks are decoded ahead of the consumer."""
     from collections import deque
 
-    workers = workers or default_workers()
-    paths = list(paths)
+    workers = workers or default_workers()  # `paths`: a list, or anything sliced into lists
     starts = range(0, len(paths), chunk)
     if workers == 1 or len(paths) <= chunk:
         for s in starts:

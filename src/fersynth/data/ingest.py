@@ -74,8 +74,8 @@ def ingest(
     with atomic_dir(out) as tmp:
         m, report = _ingest_into(tmp, path, fmt.name, listing, opts, workers, progress)
         m.write_table(tmp)
-        del m  # release the map of the temporary file before the folder is renamed
-    return Manifest.load(out), report
+    # The table in hand is the one written; only the pixels are mapped again, at their final place.
+    return Manifest(m.df, np.load(Path(out) / PIXELS_FILE, mmap_mode="r", allow_pickle=False), m.root, m.meta), report
 
 
 def load_any(path: str | os.PathLike, format: str | None = None, options: IngestOptions | None = None,
@@ -103,6 +103,7 @@ def _ingest_into(tmp: Path, path: Path, fmt_name: str, listing: Listing, opts: I
     if not keep:
         raise FersynthError(f"{path}: no usable rows", hint="every row was skipped; see the skipped list")
     df = pd.DataFrame([listing.rows[i] for i in keep])
+    listing.rows = []  # the table holds them now; at 300k rows the dicts are ~100 MB
     df.insert(0, "id", stable_ids(hashes))
     df["dataset"] = listing.dataset
     df["source"] = "real"
@@ -235,7 +236,7 @@ class _Sink:
 def _write_files(sink_path: Path, path: Path, listing: Listing, opts: IngestOptions, workers, progress, skipped
                  ) -> tuple[list[int], list[str], dict]:
     rows = listing.rows
-    files = [str(listing.root / r["path"]) for r in rows]
+    files = _Files(listing)
     spec, shape = _plan(files, opts)
     sink = _Sink(sink_path, len(files), shape)
     keep: list[int] = []
@@ -273,6 +274,22 @@ def _write_files(sink_path: Path, path: Path, listing: Listing, opts: IngestOpti
         if bar is not None:
             bar[0].stop()
     return keep, sink.hashes, counts
+
+
+class _Files:
+    """Absolute file paths of a listing's rows, made when a chunk asks for them (not one list of
+    every path held through the whole ingest)."""
+
+    def __init__(self, listing: Listing):
+        self.root, self.rows = str(listing.root), listing.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [os.path.join(self.root, r["path"]) for r in self.rows[i]]
+        return os.path.join(self.root, self.rows[i]["path"])
 
 
 def _progress_bar(total: int):
