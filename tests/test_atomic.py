@@ -28,12 +28,18 @@ def test_manifest_save_failure_keeps_previous(tmp_path, monkeypatch):
     m = Manifest.from_arrays(np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 2, 3]))
     m.save(tmp_path / "m")
 
-    def boom(*a, **k):
-        raise OSError("disk full")
+    from fersynth.data.pixels import PixelWriter
 
-    monkeypatch.setattr(np, "save", boom)
+    real_append = PixelWriter.append
+
+    def boom(self, block):  # the disk fills up after the first block of pixels
+        if self.rows:
+            raise OSError("disk full")
+        real_append(self, block)
+
+    monkeypatch.setattr(PixelWriter, "append", boom)
     with pytest.raises(OSError, match="disk full"):
-        Manifest.from_arrays(np.ones((2, 8, 8), np.uint8), np.array([0, 1])).save(tmp_path / "m")
+        Manifest.from_arrays(np.ones((2000, 8, 8), np.uint8), np.arange(2000) % 7).save(tmp_path / "m")
     assert len(Manifest.load(tmp_path / "m")) == 4
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, face, write_img
 from fersynth.cli.main import main
 
 
@@ -71,6 +71,9 @@ def test_demo_then_ingest(capsys, tmp_path):
         (("data", "ingest", "{bad}", "--out", "{tmp}/o"), "Training_00.jpg: corrupt or truncated"),
         (("data", "ingest", "{fer}", "--out", "{tmp}/o", "--format", "rafd"), "unknown dataset format 'rafd'"),
         (("data", "quality", "{fer}"), "is a dataset, not a manifest"),
+        (("data", "ingest", "{tmp}/empty", "--out", "{tmp}/o"), "empty: no images in it"),
+        (("data", "ingest", "{fer}", "--out", "{tmp}/o", "--photos", "crop"), "unknown photo policy 'crop'"),
+        (("data", "ingest", "{bigphoto}", "--out", "{tmp}/o", "--photos", "refuse"), "Training_big.png: is 64x64 but"),
         (("data", "demo", "{tmp}/d", "--per-class", "0"), "--per-class must be >= 1"),
         (("models", "list", "*"), None),
         (("train", "--data", "{fer}", "--out", "{tmp}/r", "--model", "vgg_19"), "unknown model 'vgg_19'"),
@@ -86,7 +89,11 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, fer_folder, args, needle):
     shutil.copytree(fer_folder, bad)
     p = bad / "train" / "happy" / "Training_00.jpg"
     p.write_bytes(p.read_bytes()[:200])
-    args = [a.format(tmp=tmp_path, fer=fer_folder, bad=bad) for a in args]
+    (tmp_path / "empty").mkdir()
+    bigphoto = tmp_path / "bigphoto"
+    shutil.copytree(fer_folder, bigphoto)
+    write_img(bigphoto / "train" / "happy" / "Training_big.png", face(5, size=64))
+    args = [a.format(tmp=tmp_path, fer=fer_folder, bad=bad, bigphoto=bigphoto) for a in args]
     code, out, err = run(capsys, *args)
     if needle is None:
         assert code == 0
@@ -157,3 +164,11 @@ def test_help_shows_flags_as_flags(capsys):
     main(["run", "--help"])
     assert any(line.split()[1:3] == ["--quiet", "-q"] and "No progress bars" in line
                for line in capsys.readouterr().out.splitlines())
+
+def test_ingest_counts_photos_and_streams_into_out(capsys, fer_folder, tmp_path):
+    write_img(fer_folder / "train" / "sad" / "Training_wall.png", face(3, size=300))  # a faceless photo
+    code, out, err = run(capsys, "data", "ingest", fer_folder, "--out", tmp_path / "m")
+    assert code == 0, err
+    assert "photos: 0 face-cropped to the dataset's size, 1 without a face dropped" in out
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["notes"]["photos"] == {"converted": 0, "no_face": 1} and meta["rows"] == 10

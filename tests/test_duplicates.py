@@ -284,3 +284,17 @@ def test_fer2013_duplicate_figures():
     assert ex["groups_conflicting_labels"] == 57
     near = rep["summary"]["near"]
     assert near["files"] > ex["files"] and near["test_images_with_train_twin"] > 568
+
+
+def test_near_groups_do_not_depend_on_the_pair_budget(monkeypatch):
+    """Candidate pairs are formed a group of buckets at a time; the groups are the same."""
+    import fersynth.data.duplicates as dup
+
+    rng = np.random.default_rng(5)
+    h = rng.integers(0, 2**63, 6000, dtype=np.uint64)
+    h[1::3] = h[0::3] ^ np.uint64(0b1011)  # 3 bits away: near twins
+    h[2::3] = rng.integers(0, 2**63, 2000, dtype=np.uint64) & np.uint64(0xFFFF)  # crowded buckets
+    whole = dup.near_group_ids(h, 4)
+    monkeypatch.setattr(dup, "PAIR_BUDGET", 50)
+    assert np.array_equal(dup.near_group_ids(h, 4), whole)
+    assert (whole[0::3] == whole[1::3]).all() and (whole[0::3] >= 0).all()

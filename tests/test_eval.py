@@ -131,3 +131,21 @@ def test_corrupted_and_foreign_checkpoints(runs, tmp_path):
     (other / "best.json").unlink()
     with pytest.raises(FersynthError, match="metadata best.json is missing"):
         load_checkpoint(other)
+
+
+def test_evaluation_through_mmap_matches_in_memory(runs, data_dir):
+    """Evaluation reads the memory-mapped manifest in batches; its predictions equal those on the
+    same manifest held in memory."""
+    from fersynth.data.pixels import Rows
+    from fersynth.evaluate.runner import predict_manifest, select_rows
+
+    mapped = Manifest.load(data_dir)
+    in_mem = Manifest.load(data_dir, mmap=False)
+    assert isinstance(mapped.pixels, np.memmap) and not isinstance(in_mem.pixels, np.memmap)
+    rows_mm, rows_mem = select_rows(mapped, "test", None), select_rows(in_mem, "test", None)
+    assert isinstance(rows_mm.pixels, Rows)
+    ck = load_checkpoint(runs / "s0")
+    a, b = predict_manifest(ck, rows_mm, batch_size=7), predict_manifest(ck, rows_mem)
+    assert a.shape == (len(rows_mem), 7) and np.allclose(a, b, atol=1e-6)
+    assert evaluate_checkpoint(runs / "s0", mapped, n_boot=50)["accuracy"] == evaluate_checkpoint(
+        runs / "s0", in_mem, n_boot=50)["accuracy"]

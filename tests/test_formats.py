@@ -180,23 +180,137 @@ def test_non_image_file_and_empty_class(fer_folder):
     assert len(m) == 10 and rep.skipped == [("train/fear", "empty class folder")]
 
 
-def test_mixed_sizes_need_size_flag(fer_folder):
+def test_mixed_sizes_refused_or_resized(fer_folder):
     write_img(fer_folder / "train" / "happy" / "Training_big.png", face(5, size=64))
+    with pytest.raises(FersynthError, match="Training_big.png: is 64x64 but the dataset's images are 48x48") as e:
+        ingest(fer_folder, options=IngestOptions(photos="refuse"))
+    assert "--photos" in str(e.value)
     with pytest.raises(FersynthError, match="mixed image sizes") as e:
-        ingest(fer_folder)
+        ingest(fer_folder, options=IngestOptions(photos="resize"))
     assert "--size" in str(e.value)
-    m, _ = ingest(fer_folder, options=IngestOptions(size=32))
+    m, _ = ingest(fer_folder, options=IngestOptions(size=32, photos="resize"))
     assert m.pixels.shape == (11, 32, 32)
+
+
+def _photo_with_face(rgb: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A 640x480 'phone picture' with a demo face pasted in, and that face."""
+    from fersynth.data.demo import make_demo_faces
+
+    img = make_demo_faces(3, seed=0, size=144, difficulty=0.0).pixels[1]  # one the Haar cascade finds
+    frame = np.full((480, 640), 90, np.uint8)
+    frame[100:244, 200:344] = img
+    return (np.dstack([frame] * 3) if rgb else frame), img
+
+
+def test_photo_next_to_crops_is_face_cropped(fer_folder):
+    import cv2
+
+    photo, face_img = _photo_with_face()
+    write_img(fer_folder / "train" / "happy" / "Training_phone.jpg", photo)
+    write_img(fer_folder / "train" / "sad" / "Training_wall.png", np.tile(np.arange(640, dtype=np.uint8)[None] // 3, (480, 1)))
+    m, rep = ingest(fer_folder)  # the default: photos are face-cropped
+    assert m.pixels.shape == (11, 48, 48)  # the dataset's size and (gray) colour mode
+    assert rep.notes["photos"] == {"converted": 1, "no_face": 1}
+    assert ("train/sad/Training_wall.png", "photo without a detectable face (dropped)") in rep.skipped
+    got = m.pixels[(m.df["path"] == "train/happy/Training_phone.jpg").to_numpy()][0].astype(int)
+    want = cv2.resize(face_img, (48, 48), interpolation=cv2.INTER_AREA).astype(int)
+    other = cv2.resize(np.full((144, 144), 90, np.uint8), (48, 48)).astype(int)
+    assert np.abs(got - want).mean() < 0.5 * np.abs(got - other).mean()  # the face, not the background
+
+
+def test_folder_of_only_faceless_photos_says_so(tmp_path):
+    for cls in ("happy", "sad"):
+        write_img(tmp_path / "d" / "train" / cls / "a.png", face(1, size=48))
+        write_img(tmp_path / "d" / "train" / cls / "b.png", face(2, size=48))
+    write_img(tmp_path / "d" / "train" / "sad" / "wall.png", np.full((300, 400), 120, np.uint8))
+    m, rep = ingest(tmp_path / "d")
+    assert len(m) == 4 and rep.notes["photos"] == {"converted": 0, "no_face": 1}
+
+
+@pytest.mark.parametrize("dialect", ["bom", "crlf", "quoted", "trailing_blank", "all"])
+def test_fer2013_csv_dialects(tmp_path, fer_csv, dialect):
+    plain = ingest(fer_csv)[0]
+    lines = fer_csv.read_text().splitlines()
+    if dialect in ("quoted", "all"):
+        lines = [lines[0]] + [",".join(f'"{f}"' for f in ln.split(",")) for ln in lines[1:]]
+    text = ("\r\n" if dialect in ("crlf", "all") else "\n").join(lines) + "\n"
+    if dialect in ("trailing_blank", "all"):
+        text += "\n\r\n  \n,,\n"
+    data = text.encode()
+    if dialect in ("bom", "all"):
+        data = b"\xef\xbb\xbf" + data
+    p = tmp_path / "win" / "fer2013.csv"
+    p.parent.mkdir()
+    p.write_bytes(data)
+    m, rep = ingest(p)  # detected without --format
+    assert rep.format == "fer2013_csv" and not rep.skipped
+    assert np.array_equal(m.pixels, plain.pixels) and list(m.labels) == list(plain.labels)
+    assert list(m.df["subset"]) == list(plain.df["subset"])
+
+
+def test_csv_bad_row_after_blank_lines_names_its_line(tmp_path):
+    p = tmp_path / "fer2013.csv"
+    p.write_text(f"emotion,pixels,Usage\n3,{pix_str(1)},Training\n\n3,1 2 x,Training\n")
+    with pytest.raises(FersynthError, match="fer2013.csv row 4: malformed pixel string"):
+        ingest(p)
 
 
 def test_unreadable_and_unknown_paths(tmp_path):
     with pytest.raises(FersynthError, match="no such file"):
         ingest(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FersynthError, match="cannot tell the dataset format"):
+    with pytest.raises(FersynthError, match=f"{tmp_path / 'empty'}: no images in it"):
         ingest(tmp_path / "empty")
+    (tmp_path / "empty" / "train" / "happy").mkdir(parents=True)  # a layout without images names the empty folder
+    with pytest.raises(FersynthError, match="train/happy: class folder is empty"):
+        ingest(tmp_path / "empty")
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "x.png").write_bytes(b"")
+    with pytest.raises(FersynthError, match="cannot tell the dataset format"):
+        ingest(tmp_path / "odd")
     with pytest.raises(FersynthError, match="unknown dataset format 'fer2031'"):
         ingest(tmp_path / "empty", format="fer2031")
+
+
+def test_streaming_ingest_matches_in_memory_decode(tmp_path, monkeypatch):
+    """More images than a chunk, two workers: the written pixels.npy holds the bytes the old
+    in-memory path (decode every file, np.stack) gave, and reads back memory-mapped."""
+    import fersynth.data.ingest as ing
+    from fersynth.data.decode import decode_files, stack_images
+    from fersynth.data.demo import write_demo_folder
+    from fersynth.data.pixels import Rows
+
+    root = write_demo_folder(tmp_path / "demo", 12, seed=3, size=40)
+    monkeypatch.setattr(ing, "CHUNK", 16)
+    m, rep = ingest(root, out=tmp_path / "man", workers=2)
+    files = [str(root / p) for p in m.df["path"]]
+    ref = stack_images(*decode_files(files, workers=1)[:1], files)
+    assert len(m) == 12 * 7 + 3 * 7 > 16 * 4
+    back = Manifest.load(tmp_path / "man")
+    assert isinstance(back.pixels, np.memmap) and back.pixels.shape == ref.shape
+    assert np.load(tmp_path / "man" / "pixels.npy").tobytes() == ref.tobytes()
+    mem, _ = ingest(root)  # the in-memory variant writes the same
+    assert mem.df.equals(back.df) and mem.pixels.tobytes() == ref.tobytes()
+    sel = back.where(split="test")
+    assert isinstance(sel.pixels, Rows) and np.array_equal(np.asarray(sel.pixels), ref[(m.df["split"] == "test").to_numpy()])
+    sel.save(tmp_path / "sel")
+    assert np.array_equal(Manifest.load(tmp_path / "sel", mmap=False).pixels, np.asarray(sel.pixels))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_colour_image_after_gray_ones_turns_the_set_rgb(fer_folder, monkeypatch):
+    import fersynth.data.ingest as ing
+
+    monkeypatch.setattr(ing, "CHUNK", 2)
+    monkeypatch.setattr(ing, "PROBE", 1)  # the sample sees only gray images
+    write_img(fer_folder / "train" / "sad" / "Training_zcolour.png", face(7, rgb=True))
+    m, _ = ingest(fer_folder, workers=1)
+    assert m.pixels.shape == (11, 48, 48, 3)
+    gray_row = m.pixels[0]
+    assert (gray_row[..., 0] == gray_row[..., 2]).all()
+    from fersynth.data.manifest import pixel_hashes, stable_ids
+
+    assert list(m.df["id"]) == stable_ids(pixel_hashes(m.pixels))  # ids of the promoted rows were redone
 
 
 @pytest.mark.shared
@@ -207,3 +321,21 @@ def test_shared_fer2013_counts():
     assert list(c.loc["Training", [CLASSES.index(n) for n in names]]) == [3995, 436, 4097, 7215, 4830, 3171, 4965]
     assert list(c.loc["PublicTest", [CLASSES.index(n) for n in names]]) == [467, 56, 496, 895, 653, 415, 607]
     assert list(c.loc["PrivateTest", [CLASSES.index(n) for n in names]]) == [491, 55, 528, 879, 594, 416, 626]
+
+
+def test_failed_ingest_leaves_the_old_manifest_whole(tmp_path, monkeypatch):
+    """A decode error in a later chunk stops ingest: the manifest already at --out is untouched
+    and no temporary folder or partial pixels.npy is left beside it."""
+    import fersynth.data.ingest as ing
+    from fersynth.data.demo import write_demo_folder
+
+    root = write_demo_folder(tmp_path / "demo", 6, seed=1)
+    first, _ = ingest(root, out=tmp_path / "man")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "man").iterdir()}
+    last = sorted((root / "train" / "surprise").iterdir())[-1]
+    last.write_bytes(last.read_bytes()[:100])
+    monkeypatch.setattr(ing, "CHUNK", 8)
+    with pytest.raises(FersynthError, match=f"{last.name}: corrupt or truncated"):
+        ingest(root, out=tmp_path / "man", workers=2)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "man").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "man"]

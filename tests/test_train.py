@@ -209,3 +209,22 @@ def test_class_weights_inverse_and_softened():
     assert np.allclose(w5[1] / w5[0], 2.0) and np.allclose(w5[2] / w5[0], 5.0)  # sqrt of the 4x and 25x ratios
     counts = np.bincount(y, minlength=4)
     assert np.isclose((counts * w5).sum(), len(y)) and np.isclose((counts * w1).sum(), len(y))
+
+
+def test_training_through_mmap_matches_in_memory(demo_train, tmp_path):
+    """A saved manifest is read back memory-mapped and trained on batch by batch (equalisation per
+    batch included): the weights and the history equal those of training on the in-memory copy."""
+    from fersynth.data.pixels import Rows
+
+    demo_train.save(tmp_path / "man")
+    mapped = Manifest.load(tmp_path / "man")
+    assert isinstance(mapped.pixels, np.memmap)
+    assert isinstance(split_train_val(mapped, 0.2, 0)[0].pixels, Rows)  # carving copies no pixels
+    cfg = resolve_config(None, dict(FAST, epochs=2, augment=dict(FAST["augment"], equalize="clahe")))
+    mem = train(demo_train, cfg, tmp_path / "mem", progress=False)
+    mm = train(mapped, cfg, tmp_path / "mm", progress=False)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in mem["history"]]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in mm["history"]]
+    a = load_checkpoint(tmp_path / "mem").model.state_dict()
+    b = load_checkpoint(tmp_path / "mm").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

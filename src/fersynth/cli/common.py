@@ -18,11 +18,13 @@ SkipBadOpt = typer.Option(False, "--skip-bad", help="Skip unreadable images / ma
 ClassMapOpt = typer.Option(None, "--class-map", help="Map a folder name to a class: NAME=CLASS (repeatable).")
 ModeOpt = typer.Option("auto", "--color", help="auto | gray | rgb")
 ImagesOpt = typer.Option(None, "--images", help="FER+: the FER2013 images (folder or fer2013.csv).")
+PhotosOpt = typer.Option("face", "--photos", help="Images not of the dataset's size: face (crop the largest face;"
+                         " faceless ones are dropped and counted) | resize (whole image, with --size) | refuse.")
 
 
-def ingest_options(size, skip_bad, class_map, mode, images=None) -> IngestOptions:
+def ingest_options(size, skip_bad, class_map, mode, images=None, photos="face") -> IngestOptions:
     return IngestOptions(size=size, mode=mode, skip_bad=skip_bad,
-                         class_map=parse_class_map(class_map or []), images=images)
+                         class_map=parse_class_map(class_map or []), images=images, photos=photos)
 
 
 def print_json(obj) -> None:

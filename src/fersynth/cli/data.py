@@ -14,6 +14,7 @@ from fersynth.cli.common import (
     FormatOpt,
     ImagesOpt,
     ModeOpt,
+    PhotosOpt,
     SizeOpt,
     SkipBadOpt,
     ingest_options,
@@ -25,10 +26,18 @@ app = typer.Typer(help="Load, profile and check datasets.", no_args_is_help=True
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _load(path: Path, format, size, skip_bad, class_map, mode, images=None, quiet=False):
-    from fersynth.data.ingest import load_any
+def _load(path: Path, format, size, skip_bad, class_map, mode, images=None, quiet=False, photos="face", out=None):
+    from fersynth.data.ingest import ingest, load_any
 
-    m, report = load_any(path, format, ingest_options(size, skip_bad, class_map, mode, images), progress=not quiet)
+    opts = ingest_options(size, skip_bad, class_map, mode, images, photos)
+    if out is not None:  # streamed straight into the manifest folder
+        m, report = ingest(path, format, opts, progress=not quiet, out=out)
+    else:
+        m, report = load_any(path, format, opts, progress=not quiet)
+    photo_counts = report.notes.get("photos") if report is not None else None
+    if photo_counts and not quiet:
+        console.print(f"photos: {photo_counts['converted']} face-cropped to the dataset's size,"
+                      f" {photo_counts['no_face']} without a face dropped")
     if report is not None and report.skipped and not quiet:
         console.print(f"[yellow]skipped {len(report.skipped)} item(s):[/]")
         for where, why in report.skipped[:20]:
@@ -54,11 +63,10 @@ def ingest(
     path: Path = typer.Argument(..., help="Dataset folder or file."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest directory to write."),
     format: str = FormatOpt, size: int = SizeOpt, skip_bad: bool = SkipBadOpt,
-    class_map: list[str] = ClassMapOpt, color: str = ModeOpt, images: str = ImagesOpt,
+    class_map: list[str] = ClassMapOpt, color: str = ModeOpt, images: str = ImagesOpt, photos: str = PhotosOpt,
 ) -> None:
     """Read a dataset into a Manifest (Parquet table + packed uint8 pixels). The source is never modified."""
-    m, report = _load(path, format, size, skip_bad, class_map, color, images)
-    m.save(out)
+    m, report = _load(path, format, size, skip_bad, class_map, color, images, photos=photos, out=out)
     console.print(f"{report.format}: {len(m)} images {tuple(m.image_shape)} -> {out}")
 
 
@@ -71,12 +79,12 @@ def inspect(
     no_duplicates: bool = typer.Option(False, "--no-duplicates", help="Skip duplicate search."),
     radius: int = typer.Option(4, "--radius", help="Near-duplicate Hamming radius (64-bit pHash)."),
     format: str = FormatOpt, size: int = SizeOpt, skip_bad: bool = SkipBadOpt,
-    class_map: list[str] = ClassMapOpt, color: str = ModeOpt, images: str = ImagesOpt,
+    class_map: list[str] = ClassMapOpt, color: str = ModeOpt, images: str = ImagesOpt, photos: str = PhotosOpt,
 ) -> None:
     """Counts and shares per subset and class, imbalance ratio, quality and duplicate/leakage summaries."""
     from fersynth.data.profile import profile
 
-    m, _ = _load(path, format, size, skip_bad, class_map, color, images, quiet=json_out)
+    m, _ = _load(path, format, size, skip_bad, class_map, color, images, quiet=json_out, photos=photos)
     _, prof = profile(m, quality=not no_quality, duplicates=not no_duplicates, radius=radius)
     if plot is not None:
         from fersynth.evaluate.plots import plot_class_distribution

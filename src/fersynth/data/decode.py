@@ -1,6 +1,12 @@
-"""Decode image files once, in parallel, into a packed uint8 array.
+"""Decode image files once, in parallel, into a packed uint8 array, or chunk by chunk.
 
 Truncated and corrupt files are errors (PIL refuses to load them), never silently padded.
+`decode_stream` is what ingest uses: chunks of files are decoded by worker processes, at most
+a few chunks in flight, and handed back in order, so memory holds a few chunks, not the set.
+A photo (an image whose size differs from the dataset's own, e.g. a phone picture among
+48x48 crops) is brought into the dataset's domain there: the largest face found by the Haar
+cascade of `fersynth.faces.convert` is cropped with a margin and converted to the dataset's
+size and colour mode; a photo without a face is dropped and counted.
 """
 
 from __future__ import annotations
@@ -69,6 +75,100 @@ def _decode_chunk(args):
             out.append(None)
             errs.append((i, str(e)))
     return out, errs
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How `decode_stream` decodes: `size` (None: as stored), colour `mode`, and for photos (files
+    whose size is not `native`, as (width, height)) the `photos` policy (face | resize | refuse)."""
+
+    size: int | None = None
+    mode: str = "auto"
+    native: tuple[int, int] | None = None
+    photos: str = "face"
+    photo_size: int | None = None  # side a face crop is converted to (the dataset's)
+    photo_gray: bool = True
+
+
+PHOTO_MAX_SIDE = 1024  # photos are shrunk to this before face detection (Haar is scale-searching anyway)
+
+
+def _decode_photo(path: str, spec: DecodeSpec) -> np.ndarray | None:
+    from fersynth.faces.convert import DomainSpec, convert_image
+
+    with Image.open(path) as im:
+        im.draft("RGB", (PHOTO_MAX_SIDE, PHOTO_MAX_SIDE))  # JPEG: decode at a reduced scale
+        im = im.convert("RGB")
+        im.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE), Image.Resampling.BOX)
+        arr = np.asarray(im, dtype=np.uint8)
+    return convert_image(arr, DomainSpec(size=spec.photo_size, gray=spec.photo_gray, detect_face=True))
+
+
+def decode_spec_file(path: str, spec: DecodeSpec) -> tuple[np.ndarray | None, str]:
+    """One file under `spec` -> (image or None, kind): kind is 'image', 'photo' (a face crop) or
+    'noface' (a photo without a face, None). Raises ValueError with a short reason."""
+    if spec.native is not None and spec.photos != "resize":
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except UnidentifiedImageError:
+            raise ValueError("not an image (unrecognised format)") from None
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"corrupt or truncated image ({e})") from None
+        if size != spec.native:
+            if spec.photos == "refuse" or spec.photo_size is None:
+                n = spec.native
+                raise ValueError(f"is {size[0]}x{size[1]} but the dataset's images are {n[0]}x{n[1]}"
+                                 " (pass --photos face to crop faces from photos, or --photos resize --size N)")
+            try:
+                img = _decode_photo(path, spec)
+            except (OSError, SyntaxError) as e:
+                raise ValueError(f"corrupt or truncated image ({e})") from None
+            return img, "photo" if img is not None else "noface"
+    return decode_one(path, spec.size, spec.mode), "image"
+
+
+def _decode_spec_chunk(args):
+    paths, spec = args
+    out, kinds, errs = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            img, kind = decode_spec_file(p, spec)
+        except ValueError as e:
+            img, kind = None, "error"
+            errs.append((i, str(e)))
+        out.append(img)
+        kinds.append(kind)
+    return out, kinds, errs
+
+
+def decode_stream(paths: Sequence[str], spec: DecodeSpec, workers: int | None = None, chunk: int = 512):
+    """Yield (start, images, kinds, errors) per chunk of `paths`, in order: images[i] is None where
+    kinds[i] is 'error' (reason in errors as (index into paths, why)) or 'noface'. At most
+    2 x workers chunks are decoded ahead of the consumer."""
+    from collections import deque
+
+    workers = workers or default_workers()  # `paths`: a list, or anything sliced into lists
+    starts = range(0, len(paths), chunk)
+    if workers == 1 or len(paths) <= chunk:
+        for s in starts:
+            imgs, kinds, errs = _decode_spec_chunk((paths[s : s + chunk], spec))
+            yield s, imgs, kinds, [(s + i, r) for i, r in errs]
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        it = iter(starts)
+        for s in it:
+            pending.append((s, pool.submit(_decode_spec_chunk, (paths[s : s + chunk], spec))))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            s, fut = pending.popleft()
+            imgs, kinds, errs = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_decode_spec_chunk, (paths[nxt : nxt + chunk], spec))))
+            yield s, imgs, kinds, [(s + i, r) for i, r in errs]
 
 
 def default_workers() -> int:

@@ -17,6 +17,7 @@ from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
 from fersynth.data.manifest import Manifest, pixel_hashes, to_gray
+from fersynth.data.pixels import batches, is_lazy
 from fersynth.errors import FersynthError
 
 HASH_SIZE = 32  # side of the resized image the DCT is taken on
@@ -102,6 +103,17 @@ def phash(pixels: np.ndarray) -> np.ndarray:
     distances are even (radius 5 finds what 4 does). Images whose AC terms carry less than
     MIN_AC_RMS grey levels (blank, near-constant) get DEGENERATE_HASH.
     """
+    rows = max(64, PHASH_BATCH_BYTES // max(1, int(np.prod(pixels.shape[1:]))))
+    if len(pixels) > rows or is_lazy(pixels):  # memory-mapped or large: hash block by block
+        parts = [_phash(b) for _, b in batches(pixels, rows)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+    return _phash(pixels)
+
+
+PHASH_BATCH_BYTES = 4 << 20  # uint8 pixels per block (the float32 gray copy is 4/3 to 4x that)
+
+
+def _phash(pixels) -> np.ndarray:
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
         pixels = pixels[None]
@@ -139,6 +151,31 @@ def _pairs_in_runs(order: np.ndarray, keys_sorted: np.ndarray) -> tuple[np.ndarr
     offset = np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners)
     right = left + 1 + offset
     return order[left], order[right]
+
+
+PAIR_BUDGET = 1 << 20  # candidate pairs formed at once: ~50 MB of work arrays however many images
+
+
+def _close_pairs_in_runs(order: np.ndarray, keys_sorted: np.ndarray, hashes: np.ndarray, radius: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of `_pairs_in_runs` whose hashes lie within `radius`, formed a group of runs at a
+    time: candidates grow with the square of the bucket sizes, the close pairs are few."""
+    n = len(keys_sorted)
+    starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]]) if n else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], n]
+    cum = np.cumsum((ends - starts) * (ends - starts - 1) // 2)
+    lefts, rights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    r0 = 0
+    while r0 < len(starts):
+        done = cum[r0 - 1] if r0 else 0
+        r1 = max(r0 + 1, int(np.searchsorted(cum, done + PAIR_BUDGET, side="right")))
+        s, e = starts[r0], ends[r1 - 1]
+        a, b = _pairs_in_runs(order[s:e], keys_sorted[s:e])
+        close = np.bitwise_count(hashes[a] ^ hashes[b]) <= radius
+        lefts.append(a[close])
+        rights.append(b[close])
+        r0 = r1
+    return np.concatenate(lefts), np.concatenate(rights)
 
 
 def _near_pairs_big(members: np.ndarray, hashes: np.ndarray, radius: int):
@@ -191,10 +228,9 @@ def near_group_ids(phashes: Sequence[int] | np.ndarray, radius: int = 4) -> np.n
                 lefts.append(a)
                 rights.append(b)
             order, ks = order[~in_big], ks[~in_big]
-        a, b = _pairs_in_runs(order, ks)
-        close = np.bitwise_count(uniq[a] ^ uniq[b]) <= radius
-        lefts.append(a[close])
-        rights.append(b[close])
+        a, b = _close_pairs_in_runs(order, ks, uniq, radius)
+        lefts.append(a)
+        rights.append(b)
     a = np.concatenate(lefts) if lefts else np.zeros(0, np.int64)
     b = np.concatenate(rights) if rights else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(m, m))

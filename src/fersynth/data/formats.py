@@ -36,6 +36,7 @@ class IngestOptions:
     skip_bad: bool = False
     class_map: dict[str, str] = field(default_factory=dict)  # dataset name (lower) -> canonical name
     images: str | None = None  # FER+: where the FER2013 images are (folder or fer2013.csv)
+    photos: str = "face"  # images not of the dataset's size: face | resize | refuse (see data.ingest)
 
 
 @dataclass
@@ -94,10 +95,20 @@ def detect_format(path: Path) -> DatasetFormat:
                 return fmt
         except OSError:
             continue
+    if path.is_dir() and not _has_any_image(path):
+        raise FersynthError(f"{path}: no images in it", hint="point to the folder that holds the dataset's images or CSV")
     raise FersynthError(
         f"{path}: cannot tell the dataset format",
         hint=f"pass --format, one of {', '.join(_FORMATS)}",
     )
+
+
+def _has_any_image(path: Path) -> bool:
+    """Whether any image file (or CSV) lies under `path`; stops at the first one."""
+    for _, _, names in os.walk(path):
+        if any(is_image_name(n) or n.lower().endswith(".csv") for n in names):
+            return True
+    return False
 
 
 # ---- helpers --------------------------------------------------------------------------
@@ -337,14 +348,25 @@ def list_rafdb(path: Path, opts: IngestOptions) -> Listing:
 FER2013_CSV_ORDER = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
+# CSV dialects: a UTF-8 byte-order mark (Excel / Windows "CSV UTF-8"), CRLF line ends, quoted
+# fields and blank lines (trailing or not) are all read as the plain file would be.
+CSV_ENCODING = "utf-8-sig"
+
+
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding=CSV_ENCODING) as f:
         return [h.strip() for h in next(csv.reader(f), [])]
 
 
+def _blank(row: dict) -> bool:
+    return all(not (v or "").strip() for k, v in row.items() if k is not None) and not row.get(None)
+
+
 def _read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Data rows as dicts of stripped column names; blank lines are left out and each row keeps its
+    line number in the file under '_line'."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding=CSV_ENCODING) as f:
             reader = csv.DictReader(f)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in required if c not in header]
@@ -354,7 +376,11 @@ def _read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
                     f" (found: {', '.join(header) or 'nothing'})",
                     hint="is this the right file?",
                 )
-            return [{k.strip(): (v or "") for k, v in row.items() if k is not None} for row in reader]
+            out = []
+            for row in reader:
+                if not _blank(row):
+                    out.append({k.strip(): (v or "") for k, v in row.items() if k is not None} | {"_line": reader.line_num})
+            return out
     except OSError as e:
         raise FersynthError(f"{path}: cannot read ({e.strerror})") from None
     except (csv.Error, UnicodeDecodeError) as e:
@@ -373,7 +399,7 @@ def list_fer2013_csv(path: Path, opts: IngestOptions) -> Listing:
     pix = []
     side = None
     for i, r in enumerate(rows):
-        where = f"{path.name} row {i + 2}"  # +1 header, +1 one-based
+        where = f"{path.name} row {r['_line']}"  # the line in the file (header is line 1)
         try:
             arr = _parse_pixels(r["pixels"])
             code = r["emotion"].strip()

@@ -10,7 +10,9 @@ Core columns: id (stable, from the pixels), path (relative to root), label (cano
 -1 unlabelled), split (train / val / test), subset (the dataset's own split name), dataset,
 source (real / synthetic / pseudo). A stage adds columns or rows; it never rewrites images.
 Writes go to a temporary directory that is renamed into place, so a manifest on disk is
-always complete.
+always complete. `Manifest.load` memory-maps `pixels.npy`, and selecting rows of a mapped
+manifest selects lazily (`fersynth.data.pixels.Rows`), so memory stays bounded by the batches
+a stage reads, not by the dataset (see `fersynth.data.pixels` for what each stage reads).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fersynth.atomic import atomic_dir
+from fersynth.data.pixels import Rows, batches, is_lazy, write_npy
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES
 
@@ -45,7 +48,7 @@ def pixel_hash(img: np.ndarray) -> str:
 
 
 def pixel_hashes(pixels: np.ndarray) -> list[str]:
-    return [pixel_hash(p) for p in pixels]
+    return [pixel_hash(p) for _, block in batches(pixels) for p in block]
 
 
 def stable_ids(hashes: Sequence[str]) -> list[str]:
@@ -68,7 +71,7 @@ class Manifest:
     """A table of images (`df`) with row-aligned packed pixels and the root their paths are under."""
 
     df: pd.DataFrame
-    pixels: np.ndarray
+    pixels: np.ndarray  # or a memory map / `Rows` selection of one (Manifest.load)
     root: str = ""
     meta: dict = field(default_factory=dict)
 
@@ -149,7 +152,8 @@ class Manifest:
         idx = np.asarray(mask)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        return Manifest(self.df.iloc[idx].reset_index(drop=True), self.pixels[idx], self.root, dict(self.meta))
+        pixels = Rows(self.pixels, idx) if is_lazy(self.pixels) else self.pixels[idx]
+        return Manifest(self.df.iloc[idx].reset_index(drop=True), pixels, self.root, dict(self.meta))
 
     def where(self, **equals) -> Manifest:
         """Rows whose columns equal the given values (a list/tuple value means 'is in')."""
@@ -177,28 +181,33 @@ class Manifest:
         df = pd.concat([p.df for p in parts], ignore_index=True)
         meta = dict(parts[0].meta)
         meta["num_classes"] = max(p.num_classes for p in parts)
-        return Manifest(df, np.concatenate([p.pixels for p in parts]), parts[0].root, meta)
+        return Manifest(df, np.concatenate([np.asarray(p.pixels) for p in parts]), parts[0].root, meta)
 
     # ---- disk ---------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """Write atomically: a temporary sibling directory renamed over `directory`."""
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            df = self.df.copy()
-            for col in df.columns:  # nested python objects -> JSON text, so Parquet stays flat
-                if df[col].dtype == object and df[col].map(lambda v: isinstance(v, (dict, list, np.ndarray))).any():
-                    df[col] = df[col].map(_to_json)
-                    self.meta.setdefault("json_columns", [])
-                    if col not in self.meta["json_columns"]:
-                        self.meta["json_columns"].append(col)
-            df.to_parquet(tmp / MANIFEST_FILE, index=False)
-            np.save(tmp / PIXELS_FILE, self.pixels)
-            meta = dict(self.meta, root=str(self.root), image_shape=list(self.image_shape), rows=len(self))
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            write_npy(tmp / PIXELS_FILE, self.pixels)  # block by block: a mapped manifest is never read whole
+            self.write_table(tmp)
         return directory
 
+    def write_table(self, directory: Path) -> None:
+        """Write `manifest.parquet` and `meta.json` into `directory` (whose `pixels.npy` holds these rows)."""
+        df = self.df.copy()
+        for col in df.columns:  # nested python objects -> JSON text, so Parquet stays flat
+            if df[col].dtype == object and df[col].map(lambda v: isinstance(v, (dict, list, np.ndarray))).any():
+                df[col] = df[col].map(_to_json)
+                self.meta.setdefault("json_columns", [])
+                if col not in self.meta["json_columns"]:
+                    self.meta["json_columns"].append(col)
+        df.to_parquet(directory / MANIFEST_FILE, index=False)
+        meta = dict(self.meta, root=str(self.root), image_shape=list(self.image_shape), rows=len(self))
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = False) -> Manifest:
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> Manifest:
+        """Read a manifest directory; `pixels.npy` is memory-mapped read-only unless `mmap=False`."""
         directory = Path(directory)
         if not is_manifest_dir(directory):
             raise FersynthError(f"{directory}: not a manifest directory (no {MANIFEST_FILE})")
@@ -222,6 +231,7 @@ def _to_json(v):
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W[, 3]) -> uint8 (N, H, W)."""
+    pixels = np.asarray(pixels)
     if pixels.ndim == 3:
         return pixels
     if pixels.ndim == 4 and pixels.shape[-1] == 3:

@@ -39,7 +39,7 @@ def predict_manifest(ckpt, manifest: Manifest, batch_size: int = 256) -> np.ndar
 
     meta = ckpt.meta
     pre = meta.get("preprocessing", {})
-    pixels = equalize_pixels(np.asarray(manifest.pixels), pre.get("equalize", "none"))
+    pixels = equalize_pixels(manifest.pixels, pre.get("equalize", "none"))  # per batch when memory-mapped
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt.model.to(device)
     return predict_proba(ckpt.model, pixels, meta["img_size"], meta["in_chans"], pre.get("tta", False), batch_size, device)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fersynth.data.manifest import Manifest
+from fersynth.data.pixels import batches
 from fersynth.labels import CLASSES
 
 
@@ -37,8 +38,8 @@ def features(model: torch.nn.Module, pixels: np.ndarray, img_size: int, in_chans
     h = last[-1].register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach().float().flatten(1).cpu()))
     try:
         model.eval()
-        for i in range(0, len(pixels), batch_size):
-            model(to_model_input(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])), img_size, in_chans))
+        for _, block in batches(pixels, batch_size):  # in-memory copies, also of a memory-mapped set
+            model(to_model_input(torch.from_numpy(np.ascontiguousarray(block)), img_size, in_chans))
     finally:
         h.remove()
     return torch.cat(got).numpy().astype(np.float64)

@@ -174,10 +174,10 @@ def resolve_device(device: str) -> torch.device:
 
 def to_unit(pixels: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """uint8 (N,H,W[,3]) -> float (N,C,size,size) in [-1, 1]."""
+    from fersynth.data.pixels import batches
     from fersynth.train.augment import to_model_input
 
-    out = [to_model_input(torch.from_numpy(np.ascontiguousarray(pixels[i : i + 512])), size, channels)
-           for i in range(0, len(pixels), 512)]
+    out = [to_model_input(torch.from_numpy(np.ascontiguousarray(block)), size, channels) for _, block in batches(pixels, 512)]
     return torch.cat(out)
 
 

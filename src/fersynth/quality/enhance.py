@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fersynth.data.manifest import to_gray
+from fersynth.data.pixels import batches
 from fersynth.errors import FersynthError
 
 SR_HINT = "pass --sr-weights PATH (a SwinIR or Real-ESRGAN .pth / .safetensors file)"
@@ -167,8 +168,8 @@ def super_resolve(
         size = (out_size, out_size) if isinstance(out_size, int) else tuple(map(int, out_size))
     out = np.empty((n, *size) + (() if gray else (3,)), np.uint8)
     with torch.inference_mode():
-        for s in range(0, n, batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(pixels[s : s + batch_size]))
+        for s, block in batches(pixels, batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(block))
             x = batch.unsqueeze(1) if gray else batch.permute(0, 3, 1, 2)
             x = x.to(device=model.device, dtype=torch.float32) / 255.0
             if model.input_channels == 3 and x.shape[1] == 1:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from fersynth.data.manifest import to_gray
+from fersynth.data.pixels import batches, is_lazy
 from fersynth.errors import FersynthError
 
 DETAIL_CUTOFF = 0.125  # cycles per pixel (a quarter of Nyquist)
@@ -76,7 +77,8 @@ def quality_scores(pixels: np.ndarray, batch_size: int = 4096) -> pd.DataFrame:
     the work buffers stay near 256K pixels); results do not depend on it beyond float32
     rounding (~1e-7).
     """
-    pixels = np.asarray(pixels)
+    if not is_lazy(pixels):  # a memory map or lazy row selection is read block by block below
+        pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
         raise FersynthError(
             f"quality scores need uint8 pixels, got {pixels.dtype}",
@@ -93,8 +95,8 @@ def quality_scores(pixels: np.ndarray, batch_size: int = 4096) -> pd.DataFrame:
     if n:
         scorer = _Scorer(h, w, min(batch_size, max(1, _CHUNK_PIXELS // (h * w)), n))
         with _single_threaded_blas():
-            for s in range(0, n, scorer.chunk):
-                part = np.ascontiguousarray(to_gray(pixels[s : s + scorer.chunk]))
+            for s, block in batches(pixels, scorer.chunk):
+                part = np.ascontiguousarray(to_gray(block))
                 out[s : s + len(part)] = scorer(part)
     df = pd.DataFrame(out, columns=list(COLUMNS[:5]))
     df["q_score"] = combined_score(df)

@@ -18,12 +18,15 @@ from fersynth.train.config import AugmentConfig
 
 
 def equalize_pixels(pixels: np.ndarray, method: str) -> np.ndarray:
-    """Histogram equalisation applied once to the packed cache (train and eval alike)."""
+    """Histogram equalisation applied once to the packed cache (train and eval alike); for
+    memory-mapped pixels it is applied to each batch as it is read (the same result)."""
     if method == "none":
         return pixels
+    from fersynth.data.pixels import MapRows, is_lazy
     from fersynth.quality.enhance import clahe, equalize_hist
 
-    return equalize_hist(pixels) if method == "equalize" else clahe(pixels)
+    fn = equalize_hist if method == "equalize" else clahe
+    return MapRows(pixels, fn) if is_lazy(pixels) else fn(pixels)
 
 
 def to_model_input(batch_u8: torch.Tensor, img_size: int, in_chans: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fersynth.atomic import atomic_open, write_json_atomic
 from fersynth.data.manifest import Manifest
+from fersynth.data.pixels import batches, is_lazy, take
 from fersynth.errors import FersynthError
 from fersynth.faults import kill_point
 from fersynth.train.augment import BatchAugment, equalize_pixels, to_model_input
@@ -40,7 +41,9 @@ class PixelDataset(Dataset):
     """Rows of a packed uint8 array; `__getitems__` hands whole batches to the loader."""
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray, soft: np.ndarray | None = None):
-        self.pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        # Memory-mapped pixels stay on disk and are read a batch at a time (data.pixels).
+        self.lazy = is_lazy(pixels)
+        self.pixels = pixels if self.lazy else torch.from_numpy(np.ascontiguousarray(pixels))
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.soft = None if soft is None else torch.from_numpy(soft.astype(np.float32))
 
@@ -52,7 +55,8 @@ class PixelDataset(Dataset):
 
     def __getitems__(self, idx):
         idx = torch.as_tensor(idx)
-        out = {"x": self.pixels[idx], "y": self.labels[idx]}
+        x = torch.from_numpy(take(self.pixels, idx.numpy())) if self.lazy else self.pixels[idx]
+        out = {"x": x, "y": self.labels[idx]}
         if self.soft is not None:
             out["soft"] = self.soft[idx]
         return out
@@ -197,8 +201,8 @@ def predict_proba(model, pixels: np.ndarray, img_size: int, in_chans: int, tta: 
     """Softmax probabilities for packed uint8 images (already equalised if the recipe says so)."""
     model.eval()
     out = []
-    for i in range(0, len(pixels), batch_size):
-        x = to_model_input(torch.from_numpy(np.ascontiguousarray(pixels[i : i + batch_size])).to(device), img_size, in_chans)
+    for _, block in batches(pixels, batch_size):
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(block)).to(device), img_size, in_chans)
         p = model(x).float().softmax(1)
         if tta:
             p = (p + model(x.flip(-1)).float().softmax(1)) / 2
@@ -241,8 +245,8 @@ def train(
     classes = manifest.class_names
     train_m, val_m, split_info = split_train_val(manifest, cfg.val_fraction, cfg.seed)
 
-    tr_pix = equalize_pixels(np.asarray(train_m.pixels), cfg.augment.equalize)
-    va_pix = equalize_pixels(np.asarray(val_m.pixels), cfg.augment.equalize)
+    tr_pix = equalize_pixels(train_m.pixels, cfg.augment.equalize)
+    va_pix = equalize_pixels(val_m.pixels, cfg.augment.equalize)
     y_tr, y_va = train_m.labels, val_m.labels
     soft = None
     if cfg.loss == "soft":
