@@ -114,7 +114,7 @@ def resolve_device(device: str) -> torch.device:
 
 def to_unit(pixels: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """uint8 (N,H,W[,3]) -> float (N,C,size,size) in [-1, 1]."""
-    from fersynth.train.augment import to_model_input
+    from fersynth.predictor import to_model_input
 
     out = [to_model_input(torch.from_numpy(np.ascontiguousarray(pixels[i : i + 512])), size, channels)
            for i in range(0, len(pixels), 512)]
@@ -324,7 +324,7 @@ class FerClassifier:
     """A fersynth checkpoint used differentiably: [-1, 1] images in, logits over canonical classes out."""
 
     def __init__(self, path: str | os.PathLike, device: torch.device):
-        from fersynth.train.checkpoint import load_checkpoint
+        from fersynth.checkpoint import load_checkpoint
 
         ck = load_checkpoint(path, device=str(device))
         self.model = ck.model.eval().requires_grad_(False)
