@@ -28,7 +28,7 @@ def predict(
     annotate: Path = typer.Option(None, "--annotate", help="Write copies with boxes and labels here (PNG per image, .avi per video)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Faces scored per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (on a terminal, with --out)."),
 ) -> None:
     """Class probabilities for every face in images and videos: one row per face per frame
     (file, frame, time, face, box, p_<class>..., label, confidence). A frame without a face
@@ -44,7 +44,7 @@ def predict(
     pred = Predictor.load(model, device=device)
     df = predict_files(pred, inputs, every=every, detect=not no_detect, all_faces=all_faces, margin=margin,
                        min_face=min_face, batch_size=batch_size, annotate=annotate,
-                       progress=progress and sys.stderr.isatty())
+                       progress=progress and out is not None and sys.stdout.isatty())  # the bar draws on stdout
     if out is None:
         if kind == "csv":
             df.to_csv(sys.stdout, index=False)
