@@ -40,6 +40,7 @@ def test_liked_first_skipped_last_and_it_survives_a_restart(lists, tmp_path):
     assert again.counts("happy") == {"C": (1, 0), "A": (0, 1), "D": (2, 0)}
     again.record("happy", "A", "like")  # a like cancels a skip: back to unrated
     assert titles(again.ordered(happy)) == ["D", "C", "A", "B"]
+    again.close()
 
 
 def test_bad_preferences_file_and_action(tmp_path):
@@ -47,8 +48,10 @@ def test_bad_preferences_file_and_action(tmp_path):
     bad.write_text("this is not a database, just text that is long enough " * 20)
     with pytest.raises(FersynthError, match="not.sqlite: cannot use as the app's preference file"):
         Preferences(bad)
+    ok = Preferences(tmp_path / "ok.sqlite")
     with pytest.raises(FersynthError, match="unknown feedback action 'love'"):
-        Preferences(tmp_path / "ok.sqlite").record("happy", "A", "love")
+        ok.record("happy", "A", "love")
+    ok.close()
 
 
 def test_default_path_is_under_the_users_data_folder(monkeypatch, tmp_path):
@@ -75,7 +78,8 @@ def test_server_feedback_reorders_playlists(lists, tmp_path):
     from fersynth.app.server import create_app
 
     db = tmp_path / "prefs.sqlite"
-    client = TestClient(create_app(Untouched(), lists, prefs=Preferences(db)))
+    first, second = Preferences(db), Preferences(db)
+    client = TestClient(create_app(Untouched(), lists, prefs=first))
     r = client.post("/api/feedback", json={"emotion": "happy", "track": "D", "action": "like"})
     assert r.status_code == 200 and [t["title"] for t in r.json()["tracks"]] == ["D", "A", "B", "C"]
     r = client.post("/api/feedback", json={"emotion": "happy", "track": "A", "action": "skip"}).json()
@@ -90,7 +94,9 @@ def test_server_feedback_reorders_playlists(lists, tmp_path):
         assert bad.status_code == 400 and msg in bad.json()["error"]
     assert client.post("/api/feedback", content=b"{not json").status_code == 400
     # a new server on the same file (a restart) serves the learned order
-    fresh = TestClient(create_app(Untouched(), lists, prefs=Preferences(db)))
+    first.close()
+    fresh = TestClient(create_app(Untouched(), lists, prefs=second))
     assert [t["title"] for t in fresh.get("/api/playlists").json()["happy"]["tracks"]] == ["D", "B", "C", "A"]
     no_store = TestClient(create_app(Untouched(), lists))
     assert no_store.post("/api/feedback", json={"emotion": "happy", "track": "A", "action": "like"}).status_code == 409
+    second.close()
