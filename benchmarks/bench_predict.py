@@ -167,6 +167,10 @@ def main() -> None:
     if summary.is_file():
         res["model_training"] = {k: v for k, v in json.loads(summary.read_text()).items()
                                  if k in ("epochs_run", "best_epoch", "best_val_accuracy", "train_seconds", "best")}
+    else:  # a checkpoint of an unfinished run: what its JSON says
+        meta = json.loads((Path(model_dir) / "best.json").read_text())
+        res["model_training"] = {"architecture": meta["architecture"], "precision": meta.get("precision"),
+                                 "epoch": meta.get("epoch"), "val_metrics": meta.get("val_metrics")}
     print(f"model {model_dir}: {pred.pre}; {len(files)} PrivateTest crops; {threads} torch threads")
 
     # 1. predict against a bare forward on pre-decoded tensors
