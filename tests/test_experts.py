@@ -344,8 +344,12 @@ def test_load_expert_errors(tmp_path, monkeypatch):
     assert "nope.hdf5" in ei.value.message
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"x")
-    with pytest.raises(FersynthError, match="unknown expert model type") as ei:
+    with pytest.raises(FersynthError, match="model.onnx: not a loadable ONNX model"):
         load_expert(onnx)
+    pt = tmp_path / "model.pt"
+    pt.write_bytes(b"x")
+    with pytest.raises(FersynthError, match="unknown expert model type") as ei:
+        load_expert(pt)
     assert ".tflite" in ei.value.hint
     st = tmp_path / "ckpt.safetensors"
     st.write_bytes(b"x")

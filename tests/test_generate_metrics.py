@@ -96,10 +96,9 @@ def test_synthetic_set_metrics_and_grids(teacher, tmp_path):
     real = Manifest.from_arrays(r.pixels, r.labels)
     res = synthetic_set_metrics(syn, real, teacher, tmp_path / "m")
     assert set(res["fer_accuracy"]["per_class"]) == set(CLASSES[:7])
-    from fersynth.train.checkpoint import load_checkpoint
-    from fersynth.train.loop import predict_proba
+    from fersynth.predictor import Predictor
 
-    pred = predict_proba(load_checkpoint(teacher).model, syn.pixels, 48, 1).argmax(1)  # the judge's own verdicts
+    pred = Predictor.load(teacher).predict_proba(syn.pixels).argmax(1)  # the judge's own verdicts
     assert res["fer_accuracy"]["accuracy"] == pytest.approx((pred == syn.labels).mean())
     assert res["fer_accuracy"]["per_class"]["happy"] == pytest.approx((pred[syn.labels == 3] == 3).mean())
     assert res["frechet_distance"] > 0 and res["diversity"] > 0

@@ -11,9 +11,10 @@ import torch
 from fersynth.data.demo import make_demo_faces
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
+from fersynth.predictor import Predictor
 from fersynth.train import resolve_config
 from fersynth.train.checkpoint import load_checkpoint
-from fersynth.train.loop import cpu_has_native_bf16, predict_proba, split_train_val, train
+from fersynth.train.loop import cpu_has_native_bf16, split_train_val, train
 
 FAST = {"model": "fernet_s", "batch_size": 32, "lr": 0.03, "optimizer": "sgd", "scheduler": "onecycle",
         "num_threads": 2, "augment": {"rotation": 5, "translate": 0.05, "scale": (0.95, 1.05)}}
@@ -35,7 +36,7 @@ def test_learns_demo_faces_above_chance(tmp_path):
     summary = train(demo_manifest(80, seed=1, difficulty=0.3), cfg, tmp_path / "run", progress=False)
     ck = load_checkpoint(tmp_path / "run")
     test = demo_manifest(20, seed=99, difficulty=0.3)
-    probs = predict_proba(ck.model, test.pixels, 48, 1)
+    probs = Predictor.from_checkpoint(ck).predict_proba(test.pixels)
     acc = float((probs.argmax(1) == test.labels).mean())
     assert acc > 0.45, f"held-out accuracy {acc:.3f} (chance 0.14)"
     assert summary["best_epoch"] >= 1 and (tmp_path / "run" / "best.json").is_file()

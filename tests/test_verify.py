@@ -3,6 +3,7 @@ experts, fersynth checkpoints as experts, and the `fersynth verify` command's ba
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -248,7 +249,7 @@ def test_checkpoint_expert_uses_the_checkpoint_preprocessing(run_dir, synth):
     np.testing.assert_allclose(p, ref, rtol=1e-5, atol=1e-6)
     # Without equalisation the numbers differ, so the recipe is really applied.
     raw = CheckpointExpert(run_dir)
-    raw.equalize = "none"
+    raw.predictor.pre = dataclasses.replace(raw.predictor.pre, equalize="none")
     assert not np.allclose(raw.predict_proba(synth.pixels), p, atol=1e-4)
     for spec in (run_dir / "best.safetensors", run_dir / "best.json"):
         e2 = load_expert(spec)

@@ -9,7 +9,11 @@ probabilities, the held emotion and its playlist. Each browser tab gets its own
     GET  /api/info         model name, classes, settings
     GET  /api/playlists    every playlist
     POST /api/frame        image bytes -> Reading JSON (400 with {"error"} on a bad image)
+    POST /api/feedback     {"emotion", "track", "action": "like" | "skip"} -> the reordered playlist
     GET  /media/{emotion}/{i}   a local audio file named in the playlist file (nothing else)
+
+With a `Preferences` store (`fersynth.app.prefs`), every playlist the page gets is in the
+user's order: liked tracks first, skipped ones last, remembered across restarts.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from fersynth.app.live import LiveSession, Playlist, decode_image
+from fersynth.app.prefs import ACTIONS, Preferences
 from fersynth.errors import FersynthError
 
 STATIC = Path(__file__).with_name("static")
@@ -31,8 +36,9 @@ MAX_FRAME_BYTES = 8 << 20
 
 
 def create_app(expert, playlists: dict[str, Playlist], detect: bool = True, alpha: float = 0.35,
-               hold: int = 4, margin: float = 0.2, min_face: float = 0.15, model_name: str | None = None):
-    """The FastAPI application around one expert and one playlist map."""
+               hold: int = 4, margin: float = 0.2, min_face: float = 0.15, model_name: str | None = None,
+               prefs: Preferences | None = None):
+    """The FastAPI application around one expert and one playlist map (and the user's preferences)."""
     app = FastAPI(title="fersynth live", docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestValidationError)
@@ -65,7 +71,7 @@ def create_app(expert, playlists: dict[str, Playlist], detect: bool = True, alph
 
     @app.get("/api/playlists")
     def all_playlists() -> dict:
-        return {e: _public(p) for e, p in playlists.items()}
+        return {e: _public(p, prefs) for e, p in playlists.items()}
 
     @app.post("/api/frame")
     async def frame(request: Request, session_id: str = Query("default", alias="session", max_length=64)):
@@ -78,8 +84,28 @@ def create_app(expert, playlists: dict[str, Playlist], detect: bool = True, alph
         except FersynthError as e:
             return JSONResponse({"error": str(e)}, 400)
         out = reading.to_dict()
-        out["playlist"] = _public(reading.playlist) if reading.playlist else None
+        out["playlist"] = _public(reading.playlist, prefs) if reading.playlist else None
         return out
+
+    @app.post("/api/feedback")
+    async def feedback(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "feedback must be JSON {emotion, track, action}"}, 400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "feedback must be JSON {emotion, track, action}"}, 400)
+        p = playlists.get(str(body.get("emotion")))
+        if p is None:
+            return JSONResponse({"error": f"no playlist for emotion {body.get('emotion')!r}"}, 400)
+        if body.get("track") not in {t.title for t in p.tracks}:
+            return JSONResponse({"error": f"no track {body.get('track')!r} in playlist '{p.name}'"}, 400)
+        if body.get("action") not in ACTIONS:
+            return JSONResponse({"error": f"action {body.get('action')!r} is not like or skip"}, 400)
+        if prefs is None:
+            return JSONResponse({"error": "this server keeps no preferences"}, 409)
+        prefs.record(p.emotion, body["track"], body["action"])
+        return _public(p, prefs)
 
     @app.get("/media/{emotion}/{index}")
     def media(emotion: str, index: int):
@@ -91,10 +117,15 @@ def create_app(expert, playlists: dict[str, Playlist], detect: bool = True, alph
     return app
 
 
-def _public(p: Playlist) -> dict:
-    """A playlist as the page sees it: local files become /media/ links, never file paths."""
-    d = p.to_dict()
-    for i, t in enumerate(p.tracks):
-        if t.is_local():
-            d["tracks"][i]["url"] = f"/media/{p.emotion}/{i}"
-    return d
+def _public(p: Playlist, prefs: Preferences | None = None) -> dict:
+    """A playlist as the page sees it, in the user's order: local files become /media/ links
+    (by their index in the playlist file), never file paths; each track carries its likes and skips."""
+    order = prefs.order(p) if prefs is not None else range(len(p.tracks))
+    counts = prefs.counts(p.emotion) if prefs is not None else {}
+    tracks = []
+    for i in order:
+        t = p.tracks[i]
+        likes, skips = counts.get(t.title, (0, 0))
+        tracks.append({"title": t.title, "url": f"/media/{p.emotion}/{i}" if t.is_local() else t.url,
+                       "likes": likes, "skips": skips})
+    return {"emotion": p.emotion, "name": p.name, "tracks": tracks}

@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def live_app(
-    model: Path = typer.Argument(..., help="A fersynth run directory or checkpoint, a Keras mini-Xception .hdf5 or a .tflite model."),
+    model: Path = typer.Argument(..., help="A fersynth run directory, checkpoint or exported .onnx, a Keras mini-Xception .hdf5 or a .tflite model."),
     playlists: Path = typer.Option(None, "--playlists", help="YAML {emotion: {name, tracks}} (default: the bundled one)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on."),
     port: int = typer.Option(8000, "--port", help="Port to serve on."),
@@ -29,11 +29,13 @@ def live_app(
     no_detect: bool = typer.Option(False, "--no-detect", help="Frames are already face crops: skip face detection."),
     hold: int = typer.Option(4, "--hold", help="Frames a new emotion must lead before the playlist switches."),
     alpha: float = typer.Option(0.35, "--alpha", help="Weight of the newest frame in the smoothed probabilities."),
+    prefs: Path = typer.Option(None, "--prefs", help="SQLite file of the user's likes and skips (default: app.sqlite under the user's data folder, e.g. ~/.local/share/fersynth)."),
 ) -> None:
     """Show a trained model live: camera -> face -> emotion -> music playlist.
 
     Serves a page at http://HOST:PORT that uses the browser's camera; frames are scored by the
-    server and not stored. With --video, the same runs on a file and prints each switch."""
+    server and not stored. Likes and skips reorder each emotion's playlist (liked first, skipped
+    last) and are remembered in --prefs. With --video, the same runs on a file and prints each switch."""
     from fersynth.app.live import check_smoothing, load_playlists
     from fersynth.verify.experts import load_expert
 
@@ -57,8 +59,11 @@ def live_app(
         from fersynth.app.server import create_app
     except ImportError as e:
         raise FersynthError(f"the web app needs fastapi and uvicorn ({e})", hint="pip install fastapi uvicorn") from None
-    web = create_app(expert, lists, detect=not no_detect, hold=hold, alpha=alpha, model_name=str(model))
-    print(f"fersynth live: model {model}; open http://{host}:{port} (Ctrl+C stops)")
+    from fersynth.app.prefs import Preferences
+
+    store = Preferences(prefs)
+    web = create_app(expert, lists, detect=not no_detect, hold=hold, alpha=alpha, model_name=str(model), prefs=store)
+    print(f"fersynth live: model {model}; preferences {store.path}; open http://{host}:{port} (Ctrl+C stops)", flush=True)
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
 

@@ -15,6 +15,7 @@ from fersynth.cli import compose as compose_cli
 from fersynth.cli import data as data_cli
 from fersynth.cli import generate as generate_cli
 from fersynth.cli import models as models_cli
+from fersynth.cli import predict as predict_cli
 from fersynth.cli import run as run_cli
 from fersynth.cli import train as train_cli
 from fersynth.cli import verify as verify_cli
@@ -34,6 +35,7 @@ compose_cli.register(app)
 generate_cli.register(app)
 run_cli.register(app)
 app_cli.register(app)
+predict_cli.register(app)
 
 
 def _click_exceptions() -> list:

@@ -31,18 +31,10 @@ def select_rows(manifest: Manifest, split: str = "test", subsets: list[str] | No
 
 
 def predict_manifest(ckpt, manifest: Manifest, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (model's class order) for every row, with the checkpoint's preprocessing."""
-    import torch
+    """Class probabilities (model's class order) for every row, through the checkpoint's `Predictor`."""
+    from fersynth.predictor import Predictor
 
-    from fersynth.train.augment import equalize_pixels
-    from fersynth.train.loop import predict_proba
-
-    meta = ckpt.meta
-    pre = meta.get("preprocessing", {})
-    pixels = equalize_pixels(manifest.pixels, pre.get("equalize", "none"))  # per batch when memory-mapped
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    ckpt.model.to(device)
-    return predict_proba(ckpt.model, pixels, meta["img_size"], meta["in_chans"], pre.get("tta", False), batch_size, device)
+    return Predictor.from_checkpoint(ckpt, device="auto").predict_proba(manifest.pixels, batch_size)
 
 
 def evaluate_checkpoint(ckpt_path: str | os.PathLike, manifest: Manifest, split: str = "test",
@@ -51,8 +43,8 @@ def evaluate_checkpoint(ckpt_path: str | os.PathLike, manifest: Manifest, split:
                         label_map: dict[str, str] | None = None, report_unseen: bool = False) -> dict:
     """Score a checkpoint on `split`/`subsets` rows. Data classes the model lacks are an error unless
     they are mapped (`label_map`, e.g. {'contempt': 'neutral'}) or `report_unseen` lists them apart."""
+    from fersynth.checkpoint import load_checkpoint
     from fersynth.evaluate.metrics import evaluate_predictions, fer_plus_metrics
-    from fersynth.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     rows = select_rows(manifest, split, subsets)

@@ -77,14 +77,20 @@ def face_box(img: np.ndarray, spec: DomainSpec, detector: Detector | None = None
              ) -> tuple[int, int, int, int] | None:
     """The square crop (x, y, side, side) `convert_image` takes from `img`: around the largest
     detected face with `spec.margin`, or the centre square without detection; None if no face."""
+    boxes = face_boxes(img, spec, detector, largest_only=True)
+    return boxes[0] if boxes else None
+
+
+def face_boxes(img: np.ndarray, spec: DomainSpec, detector: Detector | None = None,
+               largest_only: bool = False) -> list[tuple[int, int, int, int]]:
+    """Square crops (x, y, side, side) around every detected face (largest first), or the
+    centre square without detection."""
     h, w = img.shape[:2]
     if not spec.detect_face:
         side = min(h, w)
-        return (w - side) // 2, (h - side) // 2, side, side
-    boxes = (detector or haar_detector(spec.min_face))(_gray1(img))
-    if not boxes:
-        return None
-    return _square_box(max(boxes, key=lambda b: b[2] * b[3]), (h, w), spec.margin)
+        return [((w - side) // 2, (h - side) // 2, side, side)]
+    boxes = sorted((detector or haar_detector(spec.min_face))(_gray1(img)), key=lambda b: -b[2] * b[3])
+    return [_square_box(b, (h, w), spec.margin) for b in boxes[: 1 if largest_only else None]]
 
 
 def convert_image(img: np.ndarray, spec: DomainSpec, detector: Detector | None = None) -> np.ndarray | None:

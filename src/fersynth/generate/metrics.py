@@ -10,10 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from fersynth.data.manifest import Manifest
-from fersynth.data.pixels import batches
 from fersynth.labels import CLASSES
 
 
@@ -23,26 +21,6 @@ def fer_accuracy(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> d
     per = {CLASSES[c]: float((pred[labels == c] == c).mean()) for c in np.unique(labels)}
     return {"accuracy": float((pred == labels).mean()), "mean_class_accuracy": float(np.mean(list(per.values()))),
             "per_class": per}
-
-
-@torch.no_grad()
-def features(model: torch.nn.Module, pixels: np.ndarray, img_size: int, in_chans: int, batch_size: int = 256
-             ) -> np.ndarray:
-    """Penultimate features: the input of the model's last Linear layer."""
-    from fersynth.train.augment import to_model_input
-
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not last:
-        raise ValueError("model has no Linear layer to take features from")
-    got = []
-    h = last[-1].register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach().float().flatten(1).cpu()))
-    try:
-        model.eval()
-        for _, block in batches(pixels, batch_size):  # in-memory copies, also of a memory-mapped set
-            model(to_model_input(torch.from_numpy(np.ascontiguousarray(block)), img_size, in_chans))
-    finally:
-        h.remove()
-    return torch.cat(got).numpy().astype(np.float64)
 
 
 def diversity(feats: np.ndarray, max_n: int = 1000, seed: int = 0) -> float:
@@ -123,16 +101,18 @@ def class_grid(m: Manifest, path: str | os.PathLike, per_class: int = 10, scale:
 
 def synthetic_set_metrics(synthetic: Manifest, real: Manifest, classifier: str | os.PathLike,
                           out_dir: str | os.PathLike | None = None) -> dict:
-    """FER accuracy by `classifier` (a fersynth checkpoint), diversity and Fréchet distance in its feature space."""
-    from fersynth.train.checkpoint import load_checkpoint
-    from fersynth.train.loop import predict_proba
+    """FER accuracy by `classifier` (a fersynth checkpoint), diversity and Fréchet distance in its feature space.
 
-    ck = load_checkpoint(classifier)
-    size, ch = int(ck.meta["img_size"]), int(ck.meta["in_chans"])
-    probs = predict_proba(ck.model, synthetic.pixels, size, ch)
-    res = {"classifier": str(classifier), "images": len(synthetic), "real_images": len(real)}
-    res["fer_accuracy"] = fer_accuracy(probs, synthetic.labels, ck.classes)
-    fs, fr = features(ck.model, synthetic.pixels, size, ch), features(ck.model, real.pixels, size, ch)
+    Both go through the classifier's `Predictor`, so its recorded equalisation and TTA apply
+    (earlier versions judged raw pixels without them)."""
+    from fersynth.predictor import Predictor
+
+    pr = Predictor.load(classifier, device="auto")
+    probs = pr.predict_proba(synthetic.pixels)
+    res = {"classifier": str(classifier), "images": len(synthetic), "real_images": len(real),
+           "preprocessing": pr.pre.to_dict()}
+    res["fer_accuracy"] = fer_accuracy(probs, synthetic.labels, pr.classes)
+    fs, fr = pr.features(synthetic.pixels), pr.features(real.pixels)
     res["diversity"] = diversity(fs)
     res["diversity_real"] = diversity(fr)
     res["diversity_per_class"] = {CLASSES[c]: diversity(fs[synthetic.labels == c]) for c in np.unique(synthetic.labels)}

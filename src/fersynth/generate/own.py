@@ -175,7 +175,7 @@ def resolve_device(device: str) -> torch.device:
 def to_unit(pixels: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """uint8 (N,H,W[,3]) -> float (N,C,size,size) in [-1, 1]."""
     from fersynth.data.pixels import batches
-    from fersynth.train.augment import to_model_input
+    from fersynth.predictor import to_model_input
 
     out = [to_model_input(torch.from_numpy(np.ascontiguousarray(block)), size, channels) for _, block in batches(pixels, 512)]
     return torch.cat(out)
@@ -415,7 +415,7 @@ class FerClassifier:
     """A fersynth checkpoint used differentiably: [-1, 1] images in, logits over canonical classes out."""
 
     def __init__(self, path: str | os.PathLike, device: torch.device):
-        from fersynth.train.checkpoint import load_checkpoint
+        from fersynth.checkpoint import load_checkpoint
 
         ck = load_checkpoint(path, device=str(device))
         self.model = ck.model.eval().requires_grad_(False)

@@ -37,21 +37,15 @@ def load_unlabelled(folder: str | os.PathLike, size: int = 48, mode: str = "gray
 
 def teacher_probs(pixels: np.ndarray, teachers: list[str | os.PathLike], batch_size: int = 256) -> np.ndarray:
     """Mean canonical-class probabilities (N, 8) over the teacher checkpoints."""
-    from fersynth.train.augment import equalize_pixels
-    from fersynth.train.checkpoint import load_checkpoint
-    from fersynth.train.loop import predict_proba
+    from fersynth.predictor import Predictor
 
     if not teachers:
         raise FersynthError("no teacher given", hint="pass --teacher CHECKPOINT (repeatable for an ensemble)")
     total = np.zeros((len(pixels), len(CLASSES)), np.float64)
     for t in teachers:
-        ck = load_checkpoint(t)
-        eq = ck.meta.get("config", {}).get("augment", {}).get("equalize", "none")
-        px = equalize_pixels(pixels, eq)
-        gray = px if px.ndim == 3 else px.mean(-1).round().astype(np.uint8)
-        p = predict_proba(ck.model, gray if ck.meta["in_chans"] == 1 else px, ck.meta["img_size"],
-                          ck.meta["in_chans"], tta=bool(ck.meta.get("config", {}).get("tta")), batch_size=batch_size)
-        for j, name in enumerate(ck.classes):
+        pr = Predictor.load(t, device="auto")
+        p = pr.predict_proba(pixels, batch_size=batch_size)
+        for j, name in enumerate(pr.classes):
             total[:, CLASSES.index(name)] += p[:, j]
     return (total / len(teachers)).astype(np.float32)
 

@@ -1,6 +1,6 @@
 """Training: config, presets, batched augmentation, the loop and checkpoints."""
 
-from fersynth.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fersynth.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fersynth.train.config import AugmentConfig, TrainConfig
 from fersynth.train.presets import PRESETS, get_preset
 

@@ -1,4 +1,5 @@
-"""Preprocessing and batched augmentation with per-sample random parameters.
+"""Batched training augmentation with per-sample random parameters (inference preprocessing:
+`fersynth.predictor`).
 
 Images stay packed uint8 until a batch is drawn; the batch is augmented in one pass (a single
 `affine_grid`/`grid_sample` for rotation, zoom and shift, a masked mirror, torchvision v2's
@@ -9,36 +10,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from fersynth.predictor import equalize_pixels, to_model_input  # noqa: F401  (moved; old imports keep working)
 from fersynth.train.config import AugmentConfig
-
-
-def equalize_pixels(pixels: np.ndarray, method: str) -> np.ndarray:
-    """Histogram equalisation applied once to the packed cache (train and eval alike); for
-    memory-mapped pixels it is applied to each batch as it is read (the same result)."""
-    if method == "none":
-        return pixels
-    from fersynth.data.pixels import MapRows, is_lazy
-    from fersynth.quality.enhance import clahe, equalize_hist
-
-    fn = equalize_hist if method == "equalize" else clahe
-    return MapRows(pixels, fn) if is_lazy(pixels) else fn(pixels)
-
-
-def to_model_input(batch_u8: torch.Tensor, img_size: int, in_chans: int) -> torch.Tensor:
-    """uint8 (N,H,W) or (N,H,W,3) -> float (N,C,S,S) normalised to [-1, 1]."""
-    x = batch_u8
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    x = x.float().div_(127.5).sub_(1.0)
-    if x.shape[1] != in_chans:
-        x = x.mean(1, keepdim=True) if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
-    if x.shape[-1] != img_size or x.shape[-2] != img_size:
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > img_size)
-    return x.contiguous()
 
 
 class BatchAugment:

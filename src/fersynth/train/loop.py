@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from fersynth.atomic import atomic_open, write_json_atomic
+from fersynth.checkpoint import save_checkpoint
 from fersynth.data.manifest import Manifest
-from fersynth.data.pixels import batches, is_lazy, take
+from fersynth.data.pixels import is_lazy, take
 from fersynth.errors import FersynthError
 from fersynth.faults import kill_point
-from fersynth.train.augment import BatchAugment, equalize_pixels, to_model_input
-from fersynth.train.checkpoint import save_checkpoint
+from fersynth.predictor import Predictor, Preprocessing, equalize_pixels, to_model_input
+from fersynth.train.augment import BatchAugment
 from fersynth.train.config import TrainConfig
 
 STATE_FILE = "last_state.pt"
@@ -195,21 +196,6 @@ def _class_weights(labels: np.ndarray, k: int, power: float = 1.0) -> torch.Tens
     return torch.tensor(w, dtype=torch.float32)
 
 
-@torch.no_grad()
-def predict_proba(model, pixels: np.ndarray, img_size: int, in_chans: int, tta: bool = False,
-                  batch_size: int = 256, device: str | torch.device = "cpu") -> np.ndarray:
-    """Softmax probabilities for packed uint8 images (already equalised if the recipe says so)."""
-    model.eval()
-    out = []
-    for _, block in batches(pixels, batch_size):
-        x = to_model_input(torch.from_numpy(np.ascontiguousarray(block)).to(device), img_size, in_chans)
-        p = model(x).float().softmax(1)
-        if tta:
-            p = (p + model(x.flip(-1)).float().softmax(1)) / 2
-        out.append(p.cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
 def _quick_metrics(y: np.ndarray, probs: np.ndarray) -> dict:
     pred = probs.argmax(1)
     acc = float((pred == y).mean())
@@ -352,7 +338,9 @@ def train(
                     break  # the budget is spent, mid-epoch: validate and stop
             model_eval = acc.unwrap_model(model)
             t_val = time.perf_counter()
-            probs = predict_proba(model_eval, va_pix, cfg.img_size, cfg.in_chans, cfg.tta, device=acc.device)
+            # va_pix is equalised already; the rest is the one inference path
+            val_pre = Preprocessing(cfg.img_size, cfg.in_chans, "none", cfg.tta)
+            probs = Predictor(model_eval, classes, val_pre, device=str(acc.device)).predict_proba(va_pix)
             vm = _quick_metrics(y_va, probs)
             plan["val_seconds"] = time.perf_counter() - t_val
             rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_n), "train_accuracy": tot_correct / max(1, tot_n),

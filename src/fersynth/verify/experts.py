@@ -336,46 +336,32 @@ class TFLiteExpert(Expert):
 
 
 class CheckpointExpert(Expert):
-    """A fersynth checkpoint (run directory, or `.safetensors` / `.json` of a checkpoint pair)
-    with the preprocessing its training recipe recorded (histogram equalisation, TTA)."""
+    """A fersynth checkpoint (run directory, `.safetensors` / `.json` of a checkpoint pair, or an
+    exported `.onnx`) scored through its `fersynth.Predictor`: the preprocessing its training
+    recipe recorded (domain, histogram equalisation, TTA)."""
 
     def __init__(self, path: str | Path, name: str | None = None, device: str | None = None):
-        from fersynth.train.checkpoint import load_checkpoint, resolve_checkpoint_path
+        from fersynth.predictor import Predictor
 
-        path = Path(path)
-        self.path = resolve_checkpoint_path(path)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.checkpoint = load_checkpoint(self.path, device=str(self.device))
-        meta = self.checkpoint.meta
-        if name is None:
-            name = path.name if path.is_dir() else f"{self.path.parent.name}/{self.path.stem}"
-        super().__init__(meta["classes"], name=name)
-        pre = meta.get("preprocessing") or {}
-        self.equalize = pre.get("equalize", "none")
-        self.tta = bool(pre.get("tta", False))
-        self.img_size = int(meta["img_size"])
-        self.in_chans = int(meta["in_chans"])
+        self.predictor = Predictor.load(path, device=device)
+        self.path = Path(path)
+        self.device = torch.device(self.predictor.device)
+        super().__init__(self.predictor.classes, name=name or self.predictor.name)
+        pre = self.predictor.pre
+        self.equalize, self.tta = pre.equalize, pre.tta
+        self.img_size, self.in_chans = pre.img_size, pre.in_chans
 
     @property
     def model(self) -> nn.Module:
-        return self.checkpoint.model
+        return self.predictor.model
 
     def _predict_raw(self, batch: np.ndarray) -> np.ndarray:
-        from fersynth.train.augment import equalize_pixels
-        from fersynth.train.loop import predict_proba
-
-        x = equalize_pixels(np.ascontiguousarray(batch), self.equalize)
-        with torch.inference_mode():
-            return predict_proba(
-                self.model, x, self.img_size, self.in_chans, self.tta, len(x), self.device
-            )
+        return self.predictor.predict_proba(batch, batch_size=len(batch))
 
 
 def load_expert(spec: str | Path) -> Expert:
     """An expert from a model path: a fersynth run directory or checkpoint (.safetensors /
-    .json), a Keras mini-Xception (.hdf5/.h5) or a facex-style TFLite model (.tflite)."""
+    .json, or its ONNX export), a Keras mini-Xception (.hdf5/.h5) or a facex-style TFLite model (.tflite)."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise FersynthError(
@@ -394,11 +380,11 @@ def load_expert(spec: str | Path) -> Expert:
         return KerasMiniXceptionExpert(path)
     if suffix == ".tflite":
         return TFLiteExpert(path)
-    if suffix in (".safetensors", ".json"):
+    if suffix in (".safetensors", ".json", ".onnx"):
         return CheckpointExpert(path)
     raise FersynthError(
         f"unknown expert model type '{suffix or path.name}': {path}",
-        hint="supported: a fersynth run directory or .safetensors checkpoint, "
+        hint="supported: a fersynth run directory or .safetensors / .onnx checkpoint, "
         ".hdf5/.h5 (Keras mini-Xception), .tflite",
     )
 
