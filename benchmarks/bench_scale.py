@@ -236,7 +236,7 @@ def main() -> None:
     from fersynth.atomic import write_json_atomic
 
     result = {"machine": machine(), "load_start": list(os.getloadavg()),
-              "note": "2-core machine shared with other developers' jobs while this ran", "rows": [], "data": []}
+              "note": "load_start / load_end: 1-, 5- and 15-minute load averages; the benchmark's own processes raise them", "rows": [], "data": []}
     for n in args.sizes:
         work = args.work / f"n{n}"
         shutil.rmtree(work, ignore_errors=True)
