@@ -36,19 +36,9 @@ import torch
 
 from fersynth.labels import CLASSES
 from fersynth.predictor import Predictor
+from machine import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_flags() -> dict:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    flags = set(next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
-    return {"model": model, "cores": os.cpu_count(),
-            **{f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}}
 
 
 def private_test_files(data: Path) -> list[Path]:
@@ -157,7 +147,7 @@ def main() -> None:
     model_dir = a.model or ensure_model(a.data, a.run, a.epochs)
     files = private_test_files(a.data)
     threads = torch.get_num_threads()
-    res: dict = {"machine": {"platform": platform.platform(), **cpu_flags(), "torch_threads": threads,
+    res: dict = {"machine": {"platform": platform.platform(), **cpu_flags(), "cores": os.cpu_count(), "torch_threads": threads,
                              "torch": torch.__version__},
                  "model": str(model_dir), "images": len(files), "batch_size": a.batch_size,
                  "load_average_start": [round(v, 2) for v in load_start]}
@@ -239,8 +229,8 @@ def main() -> None:
     print("app:", res["app_http"])
 
     res["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    res["note"] = ("measured on a 2-core machine shared with other developers' jobs; timings are best-of-3 "
-                   "ratios within this run where stated")
+    res["note"] = ("timings are best-of-3 ratios within this run where stated; the load averages at start and "
+                   "end tell whether other jobs ran beside it")
     from fersynth.atomic import write_json_atomic
 
     write_json_atomic(res, a.out)
