@@ -68,6 +68,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25, help="denoising steps")
     ap.add_argument("--scheduler", default="ddpm", help="ddpm | ddim | dpmsolver")
     ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
+    ap.add_argument("--mode", default="sample", choices=("sample", "guided"),
+                    help="guided: classifier guidance by the fersynth baseline judge in the later steps "
+                         "(never by the mini-Xception, which stays the held-out judge)")
+    ap.add_argument("--guidance", type=float, default=0.1, help="classifier guidance scale (--mode guided)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "own_generator_fer2013.json")
@@ -103,13 +107,16 @@ def main() -> None:
 
     class_cfg = {CLASSES.index(k): float(v) for k, v in (it.split("=", 1) for it in a.class_cfg)}
     tag = "".join(f"-{CLASSES[c]}{v:g}" for c, v in sorted(class_cfg.items()))
+    if a.mode == "guided":
+        tag += f"-guided{a.guidance:g}"
     samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
     g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
-                     class_cfg=class_cfg)
+                     class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
+                     guidance=a.guidance)
     from fersynth.faces.convert import DomainSpec
 
     t0 = time.perf_counter()
-    summary = run_generation(g, plan_sample(list(range(7)), a.per_class, seed=0), samples,
+    summary = run_generation(g, plan_sample(list(range(7)), a.per_class, seed=0, mode=a.mode), samples,
                              domain=DomainSpec(size=48, gray=True), dataset="own-fer2013",
                              batch_size=50, progress=True)
     sample_s = time.perf_counter() - t0
@@ -145,7 +152,8 @@ def main() -> None:
         "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
         "sampling_images_per_second": round(rate, 3),
         "preset": a.preset,
-        "sampling": {"scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
+        "sampling": {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
+                     "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
                      "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
         "generator": {"config": info["config"], "steps": info["steps"], "stopped": info["stopped"],
