@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fersynth.cli.main import main
-from fersynth.compose import STRATEGIES, compose, imbalance_ratio
+from fersynth.compose import compose, imbalance_ratio, strategies
 from fersynth.data.demo import make_demo_faces
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
@@ -219,13 +219,16 @@ def test_bad_parameters(real, pool):
         compose("balance", real, pool, rho=0.5)
     with pytest.raises(FersynthError, match="rho must be >= 1"):
         compose("oversample", real, rho=0.9)
-    with pytest.raises(FersynthError, match="strategy 'append' needs n"):
+    with pytest.raises(FersynthError, match="compose: n: Field required"):
         compose("append", real, pool)
-    with pytest.raises(FersynthError, match="compose strategy"):
+    with pytest.raises(FersynthError, match="compose strategy: unknown strategy 'stack'"):
         compose("stack", real, pool)
-    with pytest.raises(FersynthError, match="compose fraction"):
+    with pytest.raises(FersynthError, match="compose: fraction: Input should be less than or equal to 1"):
         compose("mix", real, pool, fraction=1.5)
-    assert set(STRATEGIES) == {"append", "balance", "expand", "synthetic-only", "mix", "oversample", "class-weighted"}
+    with pytest.raises(FersynthError, match="compose: unknown key 'nn'"):
+        compose("append", real, pool, n=1, nn=3)
+    assert {e.name for e in strategies()} >= {"real", "append", "balance", "expand", "synthetic-only", "mix",
+                                               "oversample", "class-weighted"}
 
 
 def test_compose_cli(real, pool, tmp_path, capsys):

@@ -1,7 +1,10 @@
 """Training sets that mix a real manifest with synthetic images, by a named, seeded strategy.
 
-Strategies (all return a Manifest: real rows plus chosen synthetic rows, split "train"):
+Strategies live in a registry (`register_strategy`): a pydantic config (an arm of a study YAML,
+or `fersynth compose`'s options) and a function that picks rows. Each returns a Manifest: real
+rows plus chosen synthetic rows, split "train". The built-in ones:
 
+- ``real``: the real training rows unchanged (the baseline arm).
 - ``append``: N synthetic images per class (Sultanov 2025: 300).
 - ``balance``: synthetic images join minority classes until max/min <= rho (Zhu 2024).
 - ``expand``: K synthetic images per real training image (their parent_id).
@@ -21,53 +24,97 @@ real training rows (seeded, stratified, like the trainer) so it stays real and u
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from fersynth.data.manifest import Manifest, pixel_hashes
+from fersynth.data.manifest import Manifest, exact_hashes
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES
 
-STRATEGIES = ("append", "balance", "expand", "synthetic-only", "mix", "oversample", "class-weighted")
-NEEDS_SYNTHETIC = ("append", "balance", "expand", "synthetic-only", "mix")
-Strategy = Literal["append", "balance", "expand", "synthetic-only", "mix", "oversample", "class-weighted"]
+
+# ---------------------------------------------------------------------- the registry
+class StrategyConfig(BaseModel):
+    """A strategy's parameters: an arm of a study YAML, or `fersynth compose STRATEGY`'s options.
+    Subclasses fix `strategy` to their name and add their own fields."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    strategy: str
+    allow_short: bool = Field(False, description="a pool smaller than asked is used whole; the shortfall is reported")
 
 
-class ComposeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    strategy: Strategy
-    n: int | None = Field(None, ge=0, description="append / synthetic-only: per class; mix: total size")
-    rho: float | None = Field(None, description="balance / oversample: target imbalance ratio max/min >= 1")
-    k: int | None = Field(None, ge=1, description="expand: synthetic images per real training image")
-    fraction: float | None = Field(None, ge=0, le=1, description="mix: share of synthetic rows")
-    seed: int = 0
-    allow_short: bool = False
-    radius: int = Field(4, ge=0, le=16, description="pHash radius for near-duplicates of test images")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+def _rho(v):
+    if v is not None and v < 1:
+        raise ValueError(f"rho must be >= 1 (max/min class ratio), got {v}; rho 1 means fully balanced, "
+                         "FER2013 train is about 16.5")
+    return v
 
 
-def _config(**kw) -> ComposeConfig:
-    try:
-        cfg = ComposeConfig(**kw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "config"
-        raise FersynthError(f"compose {where}: {err['msg']}",
-                            hint=f"strategies: {', '.join(STRATEGIES)}") from None
-    if cfg.rho is not None and cfg.rho < 1:
-        raise FersynthError(f"rho must be >= 1 (max/min class ratio), got {cfg.rho}",
-                            hint="rho 1 means fully balanced; FER2013 train is about 16.5")
-    required = {"append": "n", "balance": "rho", "expand": "k", "mix": "fraction", "oversample": "rho"}
-    need = required.get(cfg.strategy)
-    if need and getattr(cfg, need) is None:
-        flag = {"n": "--n", "rho": "--rho", "k": "--k", "fraction": "--fraction"}[need]
-        raise FersynthError(f"strategy '{cfg.strategy}' needs {need}", hint=f"pass {flag}")
-    return cfg
+@dataclass(frozen=True)
+class StrategyEntry:
+    name: str
+    config: type[StrategyConfig]
+    fn: Callable  # fn(cfg, job: ComposeJob) -> None: sets job.keep_real, adds job.extra
+    synthetic: bool  # draws from a synthetic pool
+    control: bool  # a real-data control arm (the report compares synthetic arms with it)
+    carve: bool  # removes or copies real training rows: validation is carved first
+    description: str
+
+
+_STRATEGIES: dict[str, StrategyEntry] = {}
+_VERSION = [0]
+
+
+def register_strategy(name: str, *, config: type[StrategyConfig], synthetic: bool, control: bool = False,
+                      carve: bool = False, description: str = ""):
+    """Decorator for `fn(cfg, job)`; `config.strategy` must be `Literal[name]`."""
+
+    def deco(fn):
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy '{name}' registered twice")
+        if getattr(config.model_fields["strategy"].annotation, "__args__", None) != (name,):
+            raise ValueError(f"strategy '{name}': its config's strategy must be Literal['{name}']")
+        doc = description or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        _STRATEGIES[name] = StrategyEntry(name, config, fn, synthetic, control, carve, doc)
+        _VERSION[0] += 1
+        return fn
+
+    return deco
+
+
+def unregister_strategy(name: str) -> None:
+    _STRATEGIES.pop(name, None)
+    _VERSION[0] += 1
+
+
+def strategy_version() -> int:
+    return _VERSION[0]
+
+
+def strategies() -> list[StrategyEntry]:
+    return list(_STRATEGIES.values())
+
+
+def get_strategy(name: str) -> StrategyEntry:
+    if name not in _STRATEGIES:
+        close = difflib.get_close_matches(str(name), list(_STRATEGIES), n=1)
+        raise FersynthError(f"compose strategy: unknown strategy '{name}'",
+                            hint=f"did you mean {close[0]}?" if close else f"strategies: {', '.join(_STRATEGIES)}")
+    return _STRATEGIES[name]
+
+
+def strategy_config(strategy: str, params: dict, where: str = "compose") -> StrategyConfig:
+    from fersynth.validation import validated
+
+    entry = get_strategy(strategy)
+    return validated(entry.config, {"strategy": strategy, **params}, where=where,
+                     hint=f"strategy {strategy}: {entry.description}")
 
 
 def imbalance_ratio(counts: np.ndarray) -> float | None:
@@ -156,7 +203,7 @@ def _heldout_ids(real: Manifest, radius: int) -> tuple[set, np.ndarray, list[str
     df = real.df
     held = df["split"].isin(["val", "test"]).to_numpy()
     ids = set(df.loc[held, "id"].astype(str))
-    exact = df["pixel_hash"].astype(str).tolist() if "pixel_hash" in df.columns else pixel_hashes(real.pixels)
+    exact = exact_hashes(real)
     if not held.any():
         return ids, np.zeros(0, np.uint64), []
     ph = phash(real.pixels)
@@ -187,7 +234,7 @@ def check_leakage(pool: Manifest, real: Manifest, radius: int = 4) -> None:
                 hint="generate from training images only; nothing derived from a test image may enter training",
             )
     if len(held_ph):
-        exact = df["pixel_hash"].astype(str).tolist() if "pixel_hash" in df.columns else pixel_hashes(pool.pixels)
+        exact = exact_hashes(pool)
         near = near_any(phash(pool.pixels), held_ph, radius, exact, held_exact)
         if near.any():
             i = int(np.flatnonzero(near)[0])
@@ -206,126 +253,201 @@ def _tied_to(pool: Manifest, images: Manifest, radius: int) -> np.ndarray:
     tied = np.zeros(len(pool), dtype=bool)
     if "parent_id" in pool.df.columns:
         tied |= pool.df["parent_id"].astype(str).isin(set(images.df["id"].astype(str))).to_numpy()
-    exact = pool.df["pixel_hash"].astype(str).tolist() if "pixel_hash" in pool.df.columns else pixel_hashes(pool.pixels)
-    ref = images.df["pixel_hash"].astype(str).tolist() if "pixel_hash" in images.df.columns else pixel_hashes(images.pixels)
-    return tied | near_any(phash(pool.pixels), phash(images.pixels), radius, exact, ref)
+    return tied | near_any(phash(pool.pixels), phash(images.pixels), radius, exact_hashes(pool), exact_hashes(images))
 
 
-def _carve(real: Manifest, cfg: ComposeConfig) -> Manifest:
-    from fersynth.data.duplicates import add_duplicate_columns
-    from fersynth.data.splits import carve_validation
+@dataclass
+class ComposeJob:
+    """What a strategy works on: the real manifest (validation carved where the strategy needs
+    it), its training rows and counts, the usable synthetic pool by class, a seeded generator.
+    A strategy sets `keep_real` (real rows kept) and appends the rows it adds to `extra`."""
 
-    if real.df["split"].eq("val").any():
-        return real
-    r = real if "near_group" in real.df.columns else add_duplicate_columns(real)
-    carved = carve_validation(r, cfg.val_fraction, cfg.seed)
-    return Manifest(real.df.assign(split=carved.df["split"].to_numpy()), real.pixels, real.root, carved.meta)
+    real: Manifest
+    is_train: np.ndarray
+    train_counts: np.ndarray
+    k: int
+    rng: np.random.Generator
+    report: dict
+    pool: Manifest | None = None
+    pool_by_class: list[np.ndarray] = field(default_factory=list)
+    keep_real: np.ndarray | None = None
+    extra: list[Manifest] = field(default_factory=list)
+    short: _Shortfall = field(default_factory=lambda: _Shortfall())
+
+    def take(self, c: int, n: int) -> np.ndarray:
+        """n seeded pool rows of class c (all of them, and a recorded shortfall, if fewer)."""
+        idx = self.pool_by_class[c]
+        self.short.add(c, n - len(idx))
+        return _pick(self.rng, idx, n)
+
+    def add_pool_rows(self, chosen: list[np.ndarray]) -> None:
+        sel = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        self.extra.append(self.pool.select(sel))
 
 
-def compose(
-    strategy: str,
-    real: Manifest,
-    synthetic: Manifest | None = None,
-    **params,
-) -> Manifest:
-    """The composed training manifest; meta["compose"] reports counts before and after."""
-    cfg = _config(strategy=strategy, **params)
-    rng = np.random.default_rng(cfg.seed)
+def compose(strategy: str | StrategyConfig, real: Manifest, synthetic: Manifest | None = None, *, seed: int = 0,
+            radius: int = 4, val_fraction: float = 0.1, **params) -> Manifest:
+    """The composed training manifest; meta["compose"] reports counts before and after.
+
+    `strategy` is a registered name with its parameters in `params`, or a strategy config.
+    `seed` drives the picks (and the validation carve), `radius` the pHash radius for
+    near-duplicates of held-out images."""
+    from fersynth.data.splits import ensure_validation
+
+    cfg = strategy if isinstance(strategy, StrategyConfig) else strategy_config(strategy, params)
+    entry = get_strategy(cfg.strategy)
     k = max(real.num_classes, 7)
-    report: dict = {"strategy": cfg.strategy, "params": cfg.model_dump(exclude_none=True)}
+    report: dict = {"strategy": cfg.strategy,
+                    "params": {**cfg.model_dump(exclude_none=True), "seed": seed, "radius": radius,
+                               "val_fraction": val_fraction}}
     given = real
-    if cfg.strategy in ("synthetic-only", "mix", "oversample"):
-        real = _carve(real, cfg)
+    if entry.carve:
+        real = ensure_validation(real, val_fraction, seed)
     is_train = (real.df["split"].eq("train") & (real.df["label"] >= 0)).to_numpy()
     train_counts = _counts(real.labels[is_train], k)
     report["real_train_counts"] = dict(zip(CLASSES[:k], train_counts.tolist(), strict=True))
     report["imbalance_before"] = imbalance_ratio(train_counts)
-
-    if cfg.strategy == "class-weighted":
-        out = Manifest(real.df.copy(), real.pixels, real.root, dict(real.meta, class_weighted=True))
-        return _finish(out, report, k, [])
-    if cfg.strategy == "oversample":
-        return _oversample(real, is_train, train_counts, cfg, rng, report, k)
-
-    if synthetic is None:
-        raise FersynthError(f"strategy '{cfg.strategy}' needs a synthetic manifest", hint="pass --synthetic PATH")
-    pool, info = synthetic_pool(synthetic, k)
-    report["pool"] = info
-    check_leakage(pool, given, cfg.radius)
-    carved = real.df["split"].eq("val").to_numpy() & ~given.df["split"].eq("val").to_numpy()
-    if carved.any() and len(pool):
-        # Rows tied to images this call carved into validation are left out, not refused.
-        out_ = _tied_to(pool, real.select(carved), cfg.radius)
-        report["pool"]["tied_to_validation"] = int(out_.sum())
-        pool = pool.select(~out_)
-    plab = pool.labels
-    pool_by_class = [np.flatnonzero(plab == c) for c in range(k)]
-    report["pool_counts"] = dict(zip(CLASSES[:k], [len(i) for i in pool_by_class], strict=True))
-    short = _Shortfall()
-    chosen: list[np.ndarray] = []
-    real_keep = np.ones(len(real), dtype=bool)
-
-    if cfg.strategy in ("append", "synthetic-only"):
-        if cfg.strategy == "synthetic-only":
-            real_keep = ~is_train
-        for c in range(k):
-            want = len(pool_by_class[c]) if cfg.n is None else cfg.n
-            short.add(c, want - len(pool_by_class[c]))
-            chosen.append(_pick(rng, pool_by_class[c], want))
-        short.check(cfg.allow_short, f"{cfg.n} per class" if cfg.n is not None else "every class")
-    elif cfg.strategy == "balance":
-        add = _target_for_rho(train_counts, cfg.rho)
-        for c in range(k):
-            short.add(c, add[c] - len(pool_by_class[c]))
-            chosen.append(_pick(rng, pool_by_class[c], int(add[c])))
-        short.check(cfg.allow_short, f"an imbalance ratio of {cfg.rho:g}")
-    elif cfg.strategy == "expand":
-        chosen.append(_expand(real, is_train, pool, cfg, rng, short, report))
-        short.check(cfg.allow_short, f"{cfg.k} per real training image")
-    elif cfg.strategy == "mix":
-        total = int(is_train.sum()) if cfg.n is None else cfg.n
-        n_syn = int(round(cfg.fraction * total))
-        syn_per = _allocate(n_syn, train_counts)
-        real_per = _allocate(total - n_syn, train_counts)
-        real_keep = ~is_train
-        for c in range(k):
-            short.add(c, syn_per[c] - len(pool_by_class[c]))
-            chosen.append(_pick(rng, pool_by_class[c], int(syn_per[c])))
-            real_c = np.flatnonzero(is_train & (real.labels == c))
-            if real_per[c] > len(real_c):
-                raise FersynthError(f"mix: {real_per[c]} real {CLASSES[c]} images wanted but only {len(real_c)} exist",
-                                    hint="use a smaller --n")
-            real_keep[_pick(rng, real_c, int(real_per[c]))] = True
-        short.check(cfg.allow_short, f"a synthetic fraction of {cfg.fraction:g}")
-        report["mix"] = {"total": total, "synthetic": int(n_syn), "real": int(total - n_syn)}
-    report["shortfall"] = short.missing
-    sel = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-    return _finish(real.select(real_keep), report, k, [pool.select(sel)])
+    job = ComposeJob(real, is_train, train_counts, k, np.random.default_rng(seed), report)
+    if entry.synthetic:
+        if synthetic is None:
+            raise FersynthError(f"strategy '{cfg.strategy}' needs a synthetic manifest", hint="pass --synthetic PATH")
+        pool, info = synthetic_pool(synthetic, k)
+        report["pool"] = info
+        check_leakage(pool, given, radius)
+        carved = real.df["split"].eq("val").to_numpy() & ~given.df["split"].eq("val").to_numpy()
+        if carved.any() and len(pool):
+            # Rows tied to images this call carved into validation are left out, not refused.
+            out_ = _tied_to(pool, real.select(carved), radius)
+            report["pool"]["tied_to_validation"] = int(out_.sum())
+            pool = pool.select(~out_)
+        job.pool = pool
+        job.pool_by_class = [np.flatnonzero(pool.labels == c) for c in range(k)]
+        report["pool_counts"] = dict(zip(CLASSES[:k], [len(i) for i in job.pool_by_class], strict=True))
+    entry.fn(cfg, job)
+    if entry.synthetic:
+        report["shortfall"] = job.short.missing
+    kept = job.real if job.keep_real is None else job.real.select(job.keep_real)
+    return _finish(kept, report, k, job.extra)
 
 
-def _expand(real, is_train, pool, cfg, rng, short, report) -> np.ndarray:
+# ---------------------------------------------------------------------- the strategies
+class RealConfig(StrategyConfig):
+    strategy: Literal["real"] = "real"
+
+
+@register_strategy("real", config=RealConfig, synthetic=False,
+                   description="the real training rows as they are (the baseline)")
+def _real(cfg: RealConfig, job: ComposeJob) -> None:
+    pass
+
+
+class AppendConfig(StrategyConfig):
+    strategy: Literal["append"] = "append"
+    n: int = Field(ge=0, description="synthetic images per class (Sultanov 2025: 300)")
+
+
+@register_strategy("append", config=AppendConfig, synthetic=True,
+                   description="N synthetic images per class added to the real training rows")
+def _append(cfg: AppendConfig, job: ComposeJob) -> None:
+    job.add_pool_rows([job.take(c, cfg.n) for c in range(job.k)])
+    job.short.check(cfg.allow_short, f"{cfg.n} per class")
+
+
+class SyntheticOnlyConfig(StrategyConfig):
+    strategy: Literal["synthetic-only"] = "synthetic-only"
+    n: int | None = Field(None, ge=0, description="synthetic images per class (default: the whole pool)")
+
+
+@register_strategy("synthetic-only", config=SyntheticOnlyConfig, synthetic=True, carve=True,
+                   description="synthetic training rows only (N per class, or the whole pool)")
+def _synthetic_only(cfg: SyntheticOnlyConfig, job: ComposeJob) -> None:
+    job.keep_real = ~job.is_train
+    job.add_pool_rows([job.take(c, len(job.pool_by_class[c]) if cfg.n is None else cfg.n) for c in range(job.k)])
+    job.short.check(cfg.allow_short, f"{cfg.n} per class" if cfg.n is not None else "every class")
+
+
+class BalanceConfig(StrategyConfig):
+    strategy: Literal["balance"] = "balance"
+    rho: float = Field(description="target imbalance ratio max/min >= 1")
+    _check_rho = field_validator("rho")(classmethod(lambda cls, v: _rho(v)))
+
+
+@register_strategy("balance", config=BalanceConfig, synthetic=True,
+                   description="synthetic images join minority classes until max/min <= rho (Zhu 2024)")
+def _balance(cfg: BalanceConfig, job: ComposeJob) -> None:
+    add = _target_for_rho(job.train_counts, cfg.rho)
+    job.add_pool_rows([job.take(c, int(add[c])) for c in range(job.k)])
+    job.short.check(cfg.allow_short, f"an imbalance ratio of {cfg.rho:g}")
+
+
+class ExpandConfig(StrategyConfig):
+    strategy: Literal["expand"] = "expand"
+    k: int = Field(ge=1, description="synthetic images per real training image (their parent_id)")
+
+
+@register_strategy("expand", config=ExpandConfig, synthetic=True,
+                   description="K synthetic images per real training image (made from it)")
+def _expand(cfg: ExpandConfig, job: ComposeJob) -> None:
+    pool, real = job.pool, job.real
     if "parent_id" not in pool.df.columns or not pool.df["parent_id"].notna().any():
         raise FersynthError("expand needs synthetic rows with a parent_id (the real image each was made from)",
                             hint="generate with an image-to-image method, or use append / balance")
-    train_df = real.df[is_train]
+    train_df = real.df[job.is_train]
     parent_label = dict(zip(train_df["id"].astype(str), train_df["label"].astype(int), strict=True))
     parents = pool.df["parent_id"].astype(str).to_numpy()
     of_train = np.isin(parents, list(parent_label))
-    report["pool"]["parent_not_real_train"] = int((~of_train).sum())
+    job.report["pool"]["parent_not_real_train"] = int((~of_train).sum())
     by_parent = pd.Series(np.flatnonzero(of_train)).groupby(parents[of_train]).apply(np.asarray).to_dict()
     picked = []
     for pid in train_df["id"].astype(str):
         kids = by_parent.get(pid, np.zeros(0, np.int64))
-        short.add(parent_label[pid], cfg.k - len(kids))
-        picked.append(_pick(rng, kids, cfg.k))
-    return np.concatenate(picked) if picked else np.zeros(0, np.int64)
+        job.short.add(parent_label[pid], cfg.k - len(kids))
+        picked.append(_pick(job.rng, kids, cfg.k))
+    job.add_pool_rows(picked)
+    job.short.check(cfg.allow_short, f"{cfg.k} per real training image")
 
 
-def _oversample(real, is_train, counts, cfg, rng, report, k) -> Manifest:
-    add = _target_for_rho(counts, cfg.rho)
+class MixConfig(StrategyConfig):
+    strategy: Literal["mix"] = "mix"
+    fraction: float = Field(ge=0, le=1, description="share of synthetic rows")
+    n: int | None = Field(None, ge=0, description="training-set size (default: the real one's)")
+
+
+@register_strategy("mix", config=MixConfig, synthetic=True, carve=True,
+                   description="a training set of the real set's size (or N) with a fraction of synthetic rows")
+def _mix(cfg: MixConfig, job: ComposeJob) -> None:
+    total = int(job.is_train.sum()) if cfg.n is None else cfg.n
+    n_syn = int(round(cfg.fraction * total))
+    syn_per = _allocate(n_syn, job.train_counts)
+    real_per = _allocate(total - n_syn, job.train_counts)
+    job.keep_real = ~job.is_train
+    chosen = []
+    for c in range(job.k):
+        chosen.append(job.take(c, int(syn_per[c])))
+        real_c = np.flatnonzero(job.is_train & (job.real.labels == c))
+        if real_per[c] > len(real_c):
+            raise FersynthError(f"mix: {real_per[c]} real {CLASSES[c]} images wanted but only {len(real_c)} exist",
+                                hint="use a smaller --n")
+        job.keep_real[_pick(job.rng, real_c, int(real_per[c]))] = True
+    job.add_pool_rows(chosen)
+    job.short.check(cfg.allow_short, f"a synthetic fraction of {cfg.fraction:g}")
+    job.report["mix"] = {"total": total, "synthetic": int(n_syn), "real": int(total - n_syn)}
+
+
+class OversampleConfig(StrategyConfig):
+    strategy: Literal["oversample"] = "oversample"
+    rho: float = Field(description="target imbalance ratio max/min >= 1")
+    _check_rho = field_validator("rho")(classmethod(lambda cls, v: _rho(v)))
+
+
+@register_strategy("oversample", config=OversampleConfig, synthetic=False, control=True, carve=True,
+                   description="control: copies of minority real images until max/min <= rho")
+def _oversample(cfg: OversampleConfig, job: ComposeJob) -> None:
+    real, rng = job.real, job.rng
+    add = _target_for_rho(job.train_counts, cfg.rho)
     copies = []
-    for c in range(k):
-        src = np.flatnonzero(is_train & (real.labels == c))
+    for c in range(job.k):
+        src = np.flatnonzero(job.is_train & (real.labels == c))
         if add[c] == 0 or not len(src):
             continue
         reps = -(-int(add[c]) // len(src))
@@ -339,9 +461,18 @@ def _oversample(real, is_train, counts, cfg, rng, report, k) -> Manifest:
     df["parent_id"] = df["id"]
     df["id"] = df["id"].astype(str) + "~os" + nth.astype(str)
     df["oversampled"] = True
-    base = Manifest(real.df.assign(oversampled=False), real.pixels, real.root, real.meta)
-    copies_m = Manifest(df, dup.pixels, real.root, real.meta)
-    return _finish(base, report, k, [copies_m])
+    job.real = Manifest(real.df.assign(oversampled=False), real.pixels, real.root, real.meta)
+    job.extra.append(Manifest(df, dup.pixels, real.root, real.meta))
+
+
+class ClassWeightedConfig(StrategyConfig):
+    strategy: Literal["class-weighted"] = "class-weighted"
+
+
+@register_strategy("class-weighted", config=ClassWeightedConfig, synthetic=False, control=True,
+                   description="control: rows unchanged; the trainer weights the loss by class")
+def _class_weighted(cfg: ClassWeightedConfig, job: ComposeJob) -> None:
+    job.real = Manifest(job.real.df.copy(), job.real.pixels, job.real.root, dict(job.real.meta, class_weighted=True))
 
 
 def _finish(real: Manifest, report: dict, k: int, extra: list[Manifest]) -> Manifest:

@@ -14,8 +14,14 @@ from fersynth.cli.common import print_json, write_json_atomic
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def _strategies_help() -> str:
+    from fersynth.compose import strategies
+
+    return "; ".join(f"{e.name}: {e.description}" for e in strategies())
+
+
 def compose(
-    strategy: str = typer.Argument(..., help="append | balance | expand | synthetic-only | mix | oversample | class-weighted"),
+    strategy: str = typer.Argument(..., help=_strategies_help()),
     real: Path = typer.Option(..., "--real", "-r", help="Real dataset folder or manifest directory."),
     synthetic: Path = typer.Option(None, "--synthetic", "-s", help="Synthetic manifest (verified or not)."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifest directory to write (plus compose.json)."),
@@ -28,23 +34,25 @@ def compose(
     radius: int = typer.Option(4, "--radius", help="pHash radius for near-duplicates of test images."),
     val_fraction: float = typer.Option(0.1, "--val-fraction",
                                        help="Validation share carved from real train (synthetic-only, mix, oversample)."),
+    param: list[str] = typer.Option(None, "--param", help="Another parameter of the strategy, KEY=VALUE (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Build a training manifest: real rows plus synthetic rows chosen by STRATEGY (seeded)."""
-    from fersynth.compose import NEEDS_SYNTHETIC, STRATEGIES
     from fersynth.compose import compose as run_compose
+    from fersynth.compose import get_strategy, strategy_config
     from fersynth.data.ingest import load_any
     from fersynth.errors import FersynthError
+    from fersynth.validation import parse_sets
 
-    if strategy not in STRATEGIES:
-        raise FersynthError(f"unknown strategy '{strategy}'", hint=f"use one of: {', '.join(STRATEGIES)}")
-    if strategy in NEEDS_SYNTHETIC and synthetic is None:
-        raise FersynthError(f"strategy '{strategy}' needs --synthetic PATH")
     params = {k_: v for k_, v in dict(n=n, rho=rho, k=k, fraction=fraction).items() if v is not None}
+    params.update(parse_sets(param, example="--param n=300"))
+    entry = get_strategy(strategy)
+    cfg = strategy_config(strategy, dict(params, allow_short=allow_short), where=f"compose {strategy}")
+    if entry.synthetic and synthetic is None:
+        raise FersynthError(f"strategy '{strategy}' needs --synthetic PATH")
     real_m = load_any(real)[0]
     syn_m = load_any(synthetic)[0] if synthetic is not None else None
-    m = run_compose(strategy, real_m, syn_m, seed=seed, allow_short=allow_short, radius=radius,
-                    val_fraction=val_fraction, **params)
+    m = run_compose(cfg, real_m, syn_m, seed=seed, radius=radius, val_fraction=val_fraction)
     m.save(out)
     report = m.meta["compose"]
     write_json_atomic(report, out / "compose.json")

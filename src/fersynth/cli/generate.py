@@ -1,4 +1,4 @@
-"""`fersynth generators list`, `fersynth generator train`, `fersynth generate own|sd|merge`."""
+"""`fersynth generate own|sd|merge|pseudolabel|metrics`: images from a registered generator's spec."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from fersynth.cli.common import FormatOpt, SizeOpt
 from fersynth.errors import FersynthError
-from fersynth.labels import CLASSES
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
-generators_app = typer.Typer(help="List the registered image generators.", no_args_is_help=True)
-generator_app = typer.Typer(help="Train a generator on a real training split.", no_args_is_help=True)
 generate_app = typer.Typer(help="Generate synthetic expression images with provenance.", no_args_is_help=True)
 
 # Options every generate command shares: where to write, target domain, work split.
@@ -26,29 +22,17 @@ ColorOpt = typer.Option("gray", "--color", help="gray | rgb for the written imag
 DetectOpt = typer.Option(False, "--detect-face/--no-detect-face",
                          help="Detect a face (OpenCV Haar cascade), crop to it; images without one are dropped.")
 SeedOpt = typer.Option(0, "--seed", help="Base seed; each image gets its own seed derived from it.")
-BatchOpt = typer.Option(16, "--batch-size", help="Images per forward pass.")
-ShardOpt = typer.Option(64, "--shard-size", help="Images per shard (the unit of resume and of work split).")
+ShardOpt = typer.Option(None, "--shard-size", help="Images per shard (the unit of resume and of work split). [default: 64]")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N.")
 DatasetOpt = typer.Option(None, "--dataset", help="Dataset name for the rows (default: the generator's name).")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(generators_app, name="generators")
-    app.add_typer(generator_app, name="generator")
+    from fersynth.cli import generator
+
+    generator.register(app)
     app.add_typer(generate_app, name="generate")
-
-
-@generators_app.command("list")
-def list_(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 's*'.")) -> None:
-    """Registered generators, their modes and what they need."""
-    from fersynth.generate import get_generator_entry, list_generators
-
-    t = Table("generator", "modes", "needs", "description")
-    for name in list_generators(pattern):
-        e = get_generator_entry(name)
-        t.add_row(name, ", ".join(e.modes), e.needs, e.description)
-    console.print(t)
 
 
 def _domain(size: int, color: str, detect: bool):
@@ -67,19 +51,9 @@ def _load(data: Path, format, size):
     return m
 
 
-def _classes(names: list[str] | None, num_classes: int) -> list[int]:
-    from fersynth.labels import CLASSES, canonical_name
-
-    if not names:
-        return list(range(num_classes))
-    out = []
-    for n in names:
-        for part in n.split(","):
-            c = CLASSES.index(canonical_name(part))
-            if c >= num_classes:
-                raise FersynthError(f"class '{part}' is outside the model's {num_classes} classes")
-            out.append(c)
-    return sorted(set(out))
+def _names(items: list[str] | None) -> list[str] | None:
+    """Repeatable, comma-separated class options as one list (None when not given)."""
+    return [p.strip() for it in items for p in it.split(",") if p.strip()] if items else None
 
 
 def _report(summary: dict, out: Path) -> None:
@@ -91,156 +65,78 @@ def _report(summary: dict, out: Path) -> None:
     console.print(
         f"{summary['written']} of {summary['requested']} images written"
         f" ({summary['dropped_no_face']} dropped without a face; {summary['generated_now']} generated now"
-        + (f", {rate:.2f} img/s" if rate else "") + f") -> {summary['manifest']}"
+        + (f", {rate:.2f} img/s" if rate else "") + f") -> {out}"
     )
 
 
-@generator_app.command("train")
-def train(
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder/file or manifest (real train rows are used)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Weights folder to write (diffusers layout, safetensors)."),
-    preset: str = typer.Option(None, "--preset", help="Named recipe (e.g. fer2013-cpu); the options below override it."),
-    epochs: int = typer.Option(None, "--epochs", help="[default: 20]"),
-    batch_size: int = typer.Option(None, "--batch-size", help="[default: 64]"),
-    img: int = typer.Option(None, "--img-size", help="Side the diffusion model works at. [default: 32]"),
-    channels: str = typer.Option(None, "--channels", help="UNet widths per level, comma-separated. [default: 32,64,64]"),
-    layers: int = typer.Option(None, "--layers-per-block", help="[default: 1]"),
-    attention: bool = typer.Option(None, "--attention/--no-attention", help="Self-attention at the lowest level."),
-    rgb: bool = typer.Option(False, "--rgb", help="Model RGB images (default grayscale)."),
-    lr: float = typer.Option(None, "--lr", help="[default: 0.001]"),
-    max_steps: int = typer.Option(None, "--max-steps"),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (and save) after this wall time."),
-    p_uncond: float = typer.Option(None, "--p-uncond", help="Label dropout for classifier-free guidance. [default: 0.1]"),
-    class_balance: float = typer.Option(None, "--class-balance",
-                                        help="Draw batches with weight 1/count^P per class (0 plain, 1 balanced)."),
-    amp: str = typer.Option(None, "--amp", help="no | bf16 | auto: bf16 autocast where computed natively."),
-    prediction: str = typer.Option(None, "--prediction", help="epsilon | v_prediction"),
-    snr_gamma: float = typer.Option(None, "--snr-gamma", help="min-SNR loss weighting (e.g. 5)."),
-    ema: float = typer.Option(None, "--ema", help="EMA decay of the saved weights. [default: 0.999]"),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = DeviceOpt,
-    quiet: bool = QuietOpt,
-    format: str = FormatOpt, size: int = SizeOpt,
-) -> None:
-    """Train the `own` class-conditional diffusion model on the real training split."""
-    from fersynth.generate.own import own_config, resolve_device, train_own
-
-    resolve_device(device)
-    widths = None
-    if channels is not None:
-        try:
-            widths = tuple(int(c) for c in channels.split(","))
-        except ValueError:
-            raise FersynthError(f"--channels '{channels}': expected comma-separated integers, e.g. 32,64,64") from None
-    given = {"size": img, "in_channels": 3 if rgb else None, "channels": widths, "layers_per_block": layers,
-             "attention": attention, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps,
-             "max_minutes": max_minutes, "p_uncond": p_uncond, "class_balance": class_balance, "amp": amp,
-             "prediction": prediction, "snr_gamma": snr_gamma, "ema": ema, "seed": seed}
-    cfg = own_config({k: v for k, v in given.items() if v is not None}, preset)
-    m = _load(data, format, size)
-    info = train_own(m, cfg, out, progress=not quiet, device=device)
-    if info.get("precision_note"):
-        console.print(info["precision_note"])
-    console.print(f"{info['steps']} steps on {info['train_images']} images in {info['train_seconds']:.0f} s"
-                  f" (final loss {info['history'][-1]['loss']:.4f}) -> {out} [{info['model_id']}]"
-                  if "model_id" in info else f"-> {out}")
-
-
-def _class_cfg(items: list[str] | None, n: int) -> dict[int, float]:
-    """--class-cfg CLASS=SCALE items as {class index: scale}."""
-    from fersynth.labels import canonical_name
-
-    out: dict[int, float] = {}
+def _class_cfg(items: list[str] | None) -> dict[str, float]:
+    """--class-cfg CLASS=SCALE items as {class name: scale} (names are checked by the spec)."""
+    out: dict[str, float] = {}
     for it in items or []:
         name, sep, val = it.partition("=")
         try:
-            c = CLASSES.index(canonical_name(name.strip()))
-            out[c] = float(val)
-        except (ValueError, FersynthError):
-            raise FersynthError(f"--class-cfg '{it}': expected CLASS=SCALE, e.g. disgust=4",
-                                hint=f"classes: {', '.join(CLASSES[:n])}") from None
-        if not sep or out[c] < 0:
-            raise FersynthError(f"--class-cfg '{it}': expected CLASS=SCALE with a scale >= 0")
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise FersynthError(f"--class-cfg '{it}': expected CLASS=SCALE, e.g. disgust=4") from None
     return out
+
+
+def _generate(kind: str, values: dict, out: Path, data: Path | None, classifier: Path | None, domain,
+              dataset: str | None, quiet: bool, format, size) -> None:
+    """Validate the options as the generator's spec and run it as a study's image stage does."""
+    from fersynth.generate.base import run_generation
+    from fersynth.generate.registry import generation_spec, prepare_generation
+
+    spec = generation_spec(kind, {k: v for k, v in values.items() if v is not None}, where=f"generate {kind}")
+    real = _load(data, format, size) if data is not None and spec.mode in ("expand", "edit") else None
+    gen, items = prepare_generation(spec, real, classifier=classifier)
+    summary = run_generation(gen, items, out, domain=domain, dataset=dataset or kind,
+                             settings=spec.model_dump(mode="json", exclude={"train"}), shard_size=spec.shard_size,
+                             batch_size=spec.batch_size, progress=not quiet)
+    _report(summary, out)
+
+
+# Options both generators share (the spec's fields; None leaves the spec's default).
+ModeOpt = typer.Option("sample", "--mode", "-m", help="sample | expand | edit | guided")
+DataOpt = typer.Option(None, "--data", "-d", help="Real images for expand / edit (train rows only).")
+PerClassOpt = typer.Option(100, "--per-class", help="sample / guided: images per class.")
+ClassOpt = typer.Option(None, "--class", help="Only these classes (repeatable or comma-separated).")
+KOpt = typer.Option(5, "--k", help="expand: variants per real image.")
+TargetOpt = typer.Option(None, "--target", help="edit: target class(es); default every other class.")
+SourcesOpt = typer.Option(None, "--sources-per-class", help="expand / edit: real images per class (seeded pick).")
+ClassifierOpt = typer.Option(None, "--classifier", help="guided: fersynth FER checkpoint (run dir or .safetensors).")
+GuidanceStartOpt = typer.Option(0.5, "--guidance-start", help="guided: fraction of steps before guidance starts.")
+GenSizeOpt = typer.Option(None, "--gen-size", help="Side the model generates at (default: its own).")
+BatchOpt = typer.Option(None, "--batch-size", help="Images per forward pass. [default: the spec's, 50]")
 
 
 @generate_app.command("own")
 def own(
     weights: Path = typer.Option(..., "--weights", "-w", help="Folder written by `fersynth generator train`."),
-    mode: str = typer.Option("sample", "--mode", "-m", help="sample | expand | edit | guided"),
-    out: Path = OutOpt,
-    data: Path = typer.Option(None, "--data", "-d", help="Real images for expand / edit (train rows only)."),
-    per_class: int = typer.Option(100, "--per-class", help="sample / guided: images per class."),
-    classes: list[str] = typer.Option(None, "--class", help="Only these classes (repeatable or comma-separated)."),
-    k: int = typer.Option(5, "--k", help="expand: variants per real image."),
+    mode: str = ModeOpt, out: Path = OutOpt, data: Path = DataOpt, per_class: int = PerClassOpt,
+    classes: list[str] = ClassOpt, k: int = KOpt,
     strength: float = typer.Option(0.5, "--strength", help="expand / edit: how far the real image is noised (0..1]."),
-    target: list[str] = typer.Option(None, "--target", help="edit: target class(es); default every other class."),
-    sources_per_class: int = typer.Option(None, "--sources-per-class", help="expand / edit: real images per class (seeded pick)."),
-    classifier: Path = typer.Option(None, "--classifier", help="guided: fersynth FER checkpoint (run dir or .safetensors)."),
+    target: list[str] = TargetOpt, sources_per_class: int = SourcesOpt, classifier: Path = ClassifierOpt,
     guidance: float = typer.Option(0.1, "--guidance", help="guided: step size of the classifier's normalised gradient on x0."),
-    guidance_start: float = typer.Option(0.5, "--guidance-start", help="guided: fraction of steps before guidance starts."),
+    guidance_start: float = GuidanceStartOpt,
     cfg_scale: float = typer.Option(2.0, "--cfg", help="Classifier-free guidance scale (1 = conditional only)."),
     class_cfg: list[str] = typer.Option(None, "--class-cfg",
                                         help="Per-class guidance scale CLASS=SCALE (repeatable), e.g. disgust=4."),
     scheduler: str = typer.Option("ddpm", "--scheduler", help="ddpm | ddim | dpmsolver"),
     steps: int = typer.Option(25, "--steps", help="Denoising steps."),
-    gen_size: int = typer.Option(None, "--gen-size", help="Side the model generates at (default: as trained)."),
+    gen_size: int = GenSizeOpt,
     domain_size: int = DomainSizeOpt, color: str = ColorOpt, detect: bool = DetectOpt,
     seed: int = SeedOpt, batch_size: int = BatchOpt, shard_size: int = ShardOpt, device: str = DeviceOpt,
     dataset: str = DatasetOpt, quiet: bool = QuietOpt,
     format: str = FormatOpt, size: int = SizeOpt,
 ) -> None:
     """Sample, expand, edit or classifier-guide images with the own diffusion model."""
-    from fersynth.generate.base import run_generation
-    from fersynth.generate.own import (
-        MODES,
-        OwnGenerator,
-        plan_edit,
-        plan_expand,
-        plan_sample,
-        source_rows,
-    )
-
-    if mode not in MODES:
-        raise FersynthError(f"unknown mode '{mode}' for generator own", hint=f"choose one of {', '.join(MODES)}")
-    if mode in ("expand", "edit") and not 0 < strength <= 1:
-        raise FersynthError(f"--strength must lie in (0, 1], got {strength}")
-    if mode == "guided" and classifier is None:
-        raise FersynthError("guided mode needs a FER classifier", hint="pass --classifier CHECKPOINT")
-    domain = _domain(domain_size, color, detect)
-    src = None
-    if mode in ("expand", "edit"):
-        if data is None:
-            raise FersynthError(f"{mode} needs real images", hint="pass --data with a train split")
-    per_class_cfg = _class_cfg(class_cfg, len(CLASSES))
-    gen = OwnGenerator(weights, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, size=gen_size,
-                       device=device, classifier=classifier, guidance=guidance, guidance_start=guidance_start,
-                       class_cfg=per_class_cfg)
-    n = gen.num_classes
-    settings = {"mode": mode, "scheduler": scheduler, "steps": steps, "cfg_scale": cfg_scale, "gen_size": gen.size}
-    if per_class_cfg:
-        settings["class_cfg"] = {CLASSES[c]: v for c, v in per_class_cfg.items()}
-    if mode in ("sample", "guided"):
-        params = {"cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler}
-        if mode == "guided":
-            params.update(guidance=guidance, guidance_start=guidance_start, classifier=str(classifier))
-        items = plan_sample(_classes(classes, n), per_class, seed, mode, params)
-    else:
-        src = source_rows(_load(data, format, size), n, sources_per_class, seed)
-        wanted = _classes(classes, n) if classes else None
-        if wanted is not None:
-            src = src.select(src.df["label"].isin(wanted).to_numpy())
-        gen.source = src
-        params = {"strength": strength, "cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler}
-        items = (plan_expand(src, k, seed, params) if mode == "expand"
-                 else plan_edit(src, _classes(target, n) if target else None, seed, params, n))
-    for it in items:  # provenance: the scale each image was made with
-        if it.label in per_class_cfg:
-            it.params["cfg_scale"] = per_class_cfg[it.label]
-    settings.update(per_class=per_class, k=k, strength=strength, seed=seed)
-    summary = run_generation(gen, items, out, domain=domain, dataset=dataset or "own", settings=settings,
-                             shard_size=shard_size, batch_size=batch_size, progress=not quiet)
-    _report(summary, out)
+    values = dict(weights=str(weights), mode=mode, per_class=per_class, classes=_names(classes), k=k,
+                  strength=strength, targets=_names(target), sources_per_class=sources_per_class, guidance=guidance,
+                  guidance_start=guidance_start, cfg_scale=cfg_scale, cfg_scale_per_class=_class_cfg(class_cfg),
+                  scheduler=scheduler, steps=steps, gen_size=gen_size, seed=seed, batch_size=batch_size,
+                  shard_size=shard_size, device=device)
+    _generate("own", values, out, data, classifier, _domain(domain_size, color, detect), dataset, quiet, format, size)
 
 
 @generate_app.command("merge")
@@ -255,28 +151,21 @@ def merge(out: Path = typer.Argument(..., help="Generation run directory.")) -> 
 @generate_app.command("sd")
 def sd(
     model: Path = typer.Option(..., "--model", help="Local diffusers folder or single .safetensors checkpoint."),
-    mode: str = typer.Option("sample", "--mode", "-m", help="sample | expand | edit | guided"),
-    out: Path = OutOpt,
+    mode: str = ModeOpt, out: Path = OutOpt,
     arch: str = typer.Option(None, "--arch", help="sd | sdxl | sd3 (needed for a single-file checkpoint)."),
     config: Path = typer.Option(None, "--config", help="Single file: local diffusers folder with the model's configs."),
-    data: Path = typer.Option(None, "--data", "-d", help="Real images for expand / edit (train rows only)."),
-    per_class: int = typer.Option(100, "--per-class", help="sample / guided: images per class."),
-    classes: list[str] = typer.Option(None, "--class", help="Only these classes (repeatable or comma-separated)."),
+    data: Path = DataOpt, per_class: int = PerClassOpt, classes: list[str] = ClassOpt,
     sampling: str = typer.Option("balanced", "--sampling", help="Prompt attributes: balanced | factorial | random."),
     no_attributes: bool = typer.Option(False, "--no-attributes", help="Emotion phrases only, no attribute grid."),
     no_aus: bool = typer.Option(False, "--no-aus", help="Leave the action units out of the prompts."),
     negative: str = typer.Option(None, "--negative", help="Negative prompt (default: the builder's)."),
-    k: int = typer.Option(5, "--k", help="expand: variants per real image."),
-    strength: float = typer.Option(0.5, "--strength", help="expand / edit: img2img strength (0..1]."),
-    target: list[str] = typer.Option(None, "--target", help="edit: target class(es); default every other class."),
-    sources_per_class: int = typer.Option(None, "--sources-per-class", help="expand / edit: real images per class."),
-    classifier: Path = typer.Option(None, "--classifier", help="guided: fersynth FER checkpoint."),
+    k: int = KOpt, strength: float = typer.Option(0.5, "--strength", help="expand / edit: img2img strength (0..1]."),
+    target: list[str] = TargetOpt, sources_per_class: int = SourcesOpt, classifier: Path = ClassifierOpt,
     guidance: float = typer.Option(0.05, "--guidance", help="guided: step on the prompt embedding (RMS units)."),
-    guidance_start: float = typer.Option(0.5, "--guidance-start", help="guided: fraction of steps before guidance."),
+    guidance_start: float = GuidanceStartOpt,
     cfg_scale: float = typer.Option(7.0, "--cfg", help="Classifier-free guidance scale."),
     scheduler: str = typer.Option(None, "--scheduler", help="ddim | ddpm | dpmsolver | euler | euler_a | pndm | flow_euler"),
-    steps: int = typer.Option(30, "--steps"),
-    gen_size: int = typer.Option(None, "--gen-size", help="Side generated at (default: the model's native size)."),
+    steps: int = typer.Option(30, "--steps"), gen_size: int = GenSizeOpt,
     dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 | bfloat16"),
     domain_size: int = DomainSizeOpt, color: str = ColorOpt,
     detect: bool = typer.Option(True, "--detect-face/--no-detect-face",
@@ -286,44 +175,13 @@ def sd(
     format: str = FormatOpt, size: int = SizeOpt,
 ) -> None:
     """Text-to-image, img2img expansion / editing, or classifier-guided generation with Stable Diffusion."""
-    from fersynth.generate.base import run_generation
-    from fersynth.generate.own import resolve_device, source_rows
-    from fersynth.generate.prompts import DEFAULT_NEGATIVE
-    from fersynth.generate.sd import MODES, SdGenerator, plan_img2img, plan_prompts
-
-    if mode not in MODES:
-        raise FersynthError(f"unknown mode '{mode}' for generator sd", hint=f"choose one of {', '.join(MODES)}")
-    if mode in ("expand", "edit") and not 0 < strength <= 1:
-        raise FersynthError(f"--strength must lie in (0, 1], got {strength}")
-    if mode in ("expand", "edit") and data is None:
-        raise FersynthError(f"{mode} needs real images", hint="pass --data with a train split")
-    if mode == "guided" and classifier is None:
-        raise FersynthError("guided mode needs a FER classifier", hint="pass --classifier CHECKPOINT")
-    resolve_device(device)
-    domain = _domain(domain_size, color, detect)
-    gen = SdGenerator(model, arch=arch, config=config, scheduler=scheduler, steps=steps, cfg_scale=cfg_scale,
-                      size=gen_size, device=device, dtype=dtype, classifier=classifier, guidance=guidance,
-                      guidance_start=guidance_start)
-    neg = DEFAULT_NEGATIVE if negative is None else negative
-    n = 8 if classes and any("contempt" in c for c in classes) else 7
-    params = {"cfg_scale": cfg_scale, "steps": steps, "scheduler": scheduler or "default"}
-    if mode in ("sample", "guided"):
-        if mode == "guided":
-            params.update(guidance=guidance, guidance_start=guidance_start, classifier=str(classifier))
-        items = plan_prompts(_classes(classes, n), per_class, seed, mode, sampling, {} if no_attributes else None,
-                             neg, not no_aus, params)
-    else:
-        src = source_rows(_load(data, format, size), 8, sources_per_class, seed)
-        if classes:
-            src = src.select(src.df["label"].isin(_classes(classes, 8)).to_numpy())
-        gen.source = src
-        params["strength"] = strength
-        items = plan_img2img(src, mode, seed, params, k=k, targets=_classes(target, 8) if target else None,
-                             num_classes=src.num_classes, negative_prompt=neg, include_aus=not no_aus)
-    settings = {"mode": mode, "family": gen.family, "size": gen.size, "sampling": sampling, "seed": seed, **params}
-    summary = run_generation(gen, items, out, domain=domain, dataset=dataset or "sd", settings=settings,
-                             shard_size=shard_size, batch_size=batch_size, progress=not quiet)
-    _report(summary, out)
+    prompts = {"sampling": sampling, "attributes": not no_attributes, "aus": not no_aus, "negative": negative}
+    values = dict(weights=str(model), mode=mode, arch=arch, config=str(config) if config else None, per_class=per_class,
+                  classes=_names(classes), k=k, strength=strength, targets=_names(target),
+                  sources_per_class=sources_per_class, guidance=guidance, guidance_start=guidance_start,
+                  cfg_scale=cfg_scale, scheduler=scheduler, steps=steps, gen_size=gen_size, dtype=dtype, seed=seed,
+                  batch_size=batch_size, shard_size=shard_size, device=device, prompts=prompts)
+    _generate("sd", values, out, data, classifier, _domain(domain_size, color, detect), dataset, quiet, format, size)
 
 
 @generate_app.command("pseudolabel")

@@ -17,7 +17,7 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def _parse_sets(items: list[str] | None) -> dict:
-    from fersynth.experiment.config import parse_sets
+    from fersynth.validation import parse_sets
 
     return parse_sets(items, example="--set augment.rotation=15")
 

@@ -41,14 +41,10 @@ def _label_map(items: list[str] | None) -> dict[str, str]:
 
 
 def _validated(model, what: str, **kw):
-    from pydantic import ValidationError
+    from fersynth.validation import validated
 
-    try:
-        return model(**{k: v for k, v in kw.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or what
-        raise FersynthError(f"{what} {where}: {err['msg']}", hint="see `fersynth verify --help`") from None
+    return validated(model, {k: v for k, v in kw.items() if v is not None}, where=what,
+                     hint="see `fersynth verify --help`")
 
 
 def _policy(**kw):

@@ -16,7 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from threadpoolctl import threadpool_limits
 
-from fersynth.data.manifest import Manifest, pixel_hashes, to_gray
+from fersynth.data.manifest import Manifest, exact_hashes, to_gray
 from fersynth.data.pixels import batches, is_lazy
 from fersynth.errors import FersynthError
 
@@ -265,10 +265,7 @@ def add_duplicate_columns(manifest: Manifest, radius: int = 4) -> Manifest:
     groups. Ids are -1 for images without a twin.
     """
     df = manifest.df
-    if "pixel_hash" in df.columns:
-        hashes = df["pixel_hash"].astype(str).tolist()
-    else:
-        hashes = pixel_hashes(manifest.pixels)
+    hashes = exact_hashes(manifest)
     dup = exact_group_ids(hashes)
     near = merge_groups(dup, near_group_ids(phash(manifest.pixels), radius))
     out = df.copy()

@@ -51,6 +51,14 @@ def pixel_hashes(pixels: np.ndarray) -> list[str]:
     return [pixel_hash(p) for _, block in batches(pixels) for p in block]
 
 
+def exact_hashes(m: Manifest) -> list[str]:
+    """Each row's pixel digest: the manifest's `pixel_hash` column (the data contract's record of
+    it), or computed from the pixels where the column is absent."""
+    if "pixel_hash" in m.df.columns:
+        return m.df["pixel_hash"].astype(str).tolist()
+    return pixel_hashes(m.pixels)
+
+
 def stable_ids(hashes: Sequence[str]) -> list[str]:
     """Ids from pixel hashes; identical images get -1, -2, ... suffixes in row order."""
     seen: dict[str, int] = {}

@@ -134,3 +134,36 @@ def carve_validation(
         "rows": int(mask.sum()),
     }
     return Manifest(out, manifest.pixels, manifest.root, meta)
+
+
+def ensure_validation(manifest: Manifest, val_fraction: float = 0.1, seed: int = 0) -> Manifest:
+    """The one place that decides the validation split of the data contract.
+
+    Rows already marked `val` are used as they are. Otherwise `carve_validation` moves a
+    seeded, stratified, duplicate-aware share of the real, labelled training rows to `val`
+    (duplicate columns are computed first where the manifest lacks them); every other column
+    and row stays as it was. `fersynth run` carves once in its data stage with `split_seed`,
+    so compose and training find validation there and never carve again.
+    """
+    df = manifest.df
+    if df["split"].eq("val").any():
+        return manifest
+    labelled = (df["label"] >= 0).to_numpy()
+    real_train = df["split"].eq("train").to_numpy() & df["source"].eq("real").to_numpy() & labelled
+    if real_train.sum() < 2:
+        raise FersynthError("no labelled real training rows to carve validation from",
+                            hint="check the manifest's split, source and label columns")
+    pdf = df.assign(split=np.where(df["split"].eq("train").to_numpy() & ~labelled, "unlabelled", df["split"]))
+    if "near_group" not in df.columns and "dup_group" not in df.columns:
+        # groups among the candidates only (numbering as `fersynth train` always had it)
+        from fersynth.data.duplicates import add_duplicate_columns
+
+        groups = add_duplicate_columns(manifest.select(real_train)).df["near_group"].to_numpy()
+        near = np.full(len(df), -1, np.int64)
+        near[real_train] = groups
+        pdf = pdf.assign(near_group=near)
+    # unlabelled training rows are not candidates: they stay in train while carving
+    probe = Manifest(pdf, manifest.pixels, manifest.root, manifest.meta)
+    carved = carve_validation(probe, val_fraction, seed)
+    split = np.where(carved.df["split"].to_numpy() == "val", "val", df["split"].to_numpy())
+    return Manifest(df.assign(split=split), manifest.pixels, manifest.root, carved.meta)

@@ -22,17 +22,16 @@ import copy
 import difflib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from fersynth.errors import FersynthError
+from fersynth.generate.registry import GenerationSpec, generator_entries, registry_version
+from fersynth.validation import parse_sets, set_dotted, validated
 from fersynth.verify.calibrate import CalibrationConfig
-
-STRATEGIES = ("real", "append", "balance", "expand", "synthetic-only", "mix", "oversample", "class-weighted")
-SYNTHETIC_STRATEGIES = ("append", "balance", "expand", "synthetic-only", "mix")
-CONTROL_STRATEGIES = ("oversample", "class-weighted")
+from fersynth.verify.policy import VerifyPolicy
 
 
 class _Strict(BaseModel):
@@ -56,79 +55,47 @@ class TrainSection(_Strict):
     set: dict = Field(default_factory=dict, description="training config overrides, dotted keys allowed")
 
 
-class GeneratorConfig(_Strict):
-    """One generator and the pool of images it makes for the arms that name it."""
-
-    kind: Literal["own", "sd"] = "own"
-    weights: str | None = Field(None, description="own: a trained weights folder (skips training); sd: the model")
-    arch: str | None = Field(None, description="sd single-file checkpoints: sd | sdxl | sd3")
-    config: str | None = Field(None, description="sd single-file checkpoints: local diffusers config folder")
-    train: dict = Field(default_factory=dict, description="own: OwnConfig fields (size, channels, max_minutes, ...) "
-                                                          "or `preset: NAME` (e.g. fer2013-cpu) plus overrides")
-    mode: Literal["sample", "expand", "guided"] = "sample"
-    per_class: int | dict[str, int] = Field(300, description="sample / guided: images per class (or per class name)")
-    k: int = Field(2, ge=1, description="expand: variants per real training image")
-    strength: float = Field(0.5, gt=0, le=1, description="expand: how far each real image is noised")
-    sources_per_class: int | None = Field(None, ge=1, description="expand: real images per class (seeded pick)")
-    steps: int = Field(25, ge=1)
-    cfg_scale: float | None = Field(None, description="classifier-free guidance (default: own 2.0, sd 7.0)")
-    cfg_scale_per_class: dict[str, float] = Field(default_factory=dict,
-                                                  description="own: guidance scale per class name (others: cfg_scale)")
-    scheduler: str | None = None
-    guidance: float = Field(0.1, ge=0, description="guided: classifier step size")
-    guidance_start: float = Field(0.5, ge=0, le=1)
-    batch_size: int = Field(50, ge=1)
-    seed: int = 0
-    device: str = "cpu"
-    prompts: dict = Field(default_factory=dict, description="sd: sampling (balanced|factorial|random), aus, negative")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.kind == "sd" and not self.weights:
-            raise ValueError("an sd generator needs `weights` (a local diffusers folder or .safetensors file)")
-        if self.mode == "guided" and self.kind == "own" and self.guidance <= 0:
-            raise ValueError("guided mode needs guidance > 0")
-        return self
-
-
 class VerifySection(_Strict):
     enabled: bool = True
     experts: list[str] = Field(default_factory=lambda: ["baseline"],
                                description="'baseline' (the baseline arm, first seed) or model paths")
-    policy: dict = Field(default_factory=dict, description="VerifyPolicy fields: mode, k, threshold, relabel, ...")
+    policy: VerifyPolicy = Field(default_factory=VerifyPolicy,
+                                 description="mode vote | mean, k, threshold, relabel, relabel_threshold, ...")
     test_reference: bool = Field(True, description="drop near-duplicates of test and validation images")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig,
                                            description="calibrate the policy on part of the validation split: "
                                                        "method none | prior | thresholds | both, target_keep, ...")
 
 
-class ArmConfig(_Strict):
+class ArmConfig(BaseModel):
+    """What every arm has beside its strategy's parameters (`fersynth.compose`'s registry)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-    strategy: Literal["real", "append", "balance", "expand", "synthetic-only", "mix", "oversample",
-                      "class-weighted"]
     generator: str | None = None
-    n: int | None = Field(None, ge=0)
-    rho: float | None = Field(None, ge=1)
-    k: int | None = Field(None, ge=1)
-    fraction: float | None = Field(None, ge=0, le=1)
-    allow_short: bool = Field(True, description="a pool smaller than asked is used whole; the shortfall is reported")
     verified: bool = Field(True, description="false: this arm draws from its generator's images unverified "
                                              "(a control for the verifier)")
     train: dict = Field(default_factory=dict, description="training overrides for this arm only")
 
     @model_validator(mode="after")
     def _check(self):
-        if self.strategy in SYNTHETIC_STRATEGIES and not self.generator:
+        from fersynth.compose import get_strategy
+
+        e = get_strategy(self.strategy)
+        if e.synthetic and not self.generator:
             raise ValueError(f"strategy '{self.strategy}' needs `generator`")
-        if self.strategy not in SYNTHETIC_STRATEGIES and self.generator:
+        if not e.synthetic and self.generator:
             raise ValueError(f"strategy '{self.strategy}' uses no generator")
-        if self.strategy not in SYNTHETIC_STRATEGIES and not self.verified:
+        if not e.synthetic and not self.verified:
             raise ValueError(f"strategy '{self.strategy}' has no synthetic images to leave unverified")
-        need = {"append": "n", "balance": "rho", "expand": "k", "mix": "fraction", "oversample": "rho"}
-        f = need.get(self.strategy)
-        if f and getattr(self, f) is None:
-            raise ValueError(f"strategy '{self.strategy}' needs `{f}`")
         return self
+
+    def strategy_config(self):
+        """The compose strategy's own config (the arm's fields that the strategy defines)."""
+        from fersynth.compose import get_strategy
+
+        cls = get_strategy(self.strategy).config
+        return cls.model_validate(self.model_dump(include=set(cls.model_fields)))
 
 
 class TestSetConfig(_Strict):
@@ -146,7 +113,7 @@ class ExperimentConfig(_Strict):
     description: str = ""
     data: DataConfig
     train: TrainSection = Field(default_factory=TrainSection)
-    generators: dict[str, GeneratorConfig] = Field(default_factory=dict)
+    generators: dict[str, GenerationSpec] = Field(default_factory=dict)
     verify: VerifySection = Field(default_factory=VerifySection)
     arms: list[ArmConfig]
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -155,6 +122,15 @@ class ExperimentConfig(_Strict):
     control_arm: str | None = Field(None, description="default: the first oversample / class-weighted arm")
     n_boot: int = Field(1000, ge=0)
     budget_minutes: float | None = Field(None, gt=0, description="stated wall-time budget (reported, not enforced)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data):
+        gens = data.get("generators") if isinstance(data, dict) else None
+        if isinstance(gens, dict) and any(isinstance(g, dict) and "kind" not in g for g in gens.values()):
+            data = dict(data, generators={n: ({"kind": "own", **g} if isinstance(g, dict) and "kind" not in g else g)
+                                          for n, g in gens.items()})
+        return data
 
     @field_validator("seeds")
     @classmethod
@@ -183,7 +159,9 @@ class ExperimentConfig(_Strict):
         elif self.baseline_arm not in names:
             raise ValueError(f"baseline_arm '{self.baseline_arm}' is not an arm")
         if self.control_arm is None:
-            self.control_arm = next((a.name for a in self.arms if a.strategy in CONTROL_STRATEGIES), None)
+            from fersynth.compose import get_strategy
+
+            self.control_arm = next((a.name for a in self.arms if get_strategy(a.strategy).control), None)
         elif self.control_arm not in names:
             raise ValueError(f"control_arm '{self.control_arm}' is not an arm")
         tn = [t.name for t in self.test_sets]
@@ -195,86 +173,42 @@ class ExperimentConfig(_Strict):
         return next(a for a in self.arms if a.name == name)
 
 
-def _yaml_path(loc) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
+_MODELS: dict[tuple, type[ExperimentConfig]] = {}
 
 
-def _set_dotted(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    cur = d
-    for i, p in enumerate(parts[:-1]):
-        if isinstance(cur, list):
-            try:
-                cur = cur[int(p)]
-            except (ValueError, IndexError):
-                raise FersynthError(f"--set {dotted}: '{p}' is not an index of {'.'.join(parts[:i]) or 'the config'}") from None
-            continue
-        nxt = cur.setdefault(p, {})
-        if not isinstance(nxt, dict | list):
-            raise FersynthError(f"--set {dotted}: '{'.'.join(parts[:i + 1])}' is not a section")
-        cur = nxt
-    if isinstance(cur, list):
-        try:
-            i = int(parts[-1])
-            if i == len(cur):  # one past the end appends: --set arms.4={name: x, strategy: real}
-                cur.append(value)
-            else:
-                cur[i] = value
-        except (ValueError, IndexError):
-            raise FersynthError(f"--set {dotted}: '{parts[-1]}' is not an index (the list has {len(cur)} items)",
-                                hint="use an existing index, or the list's length to append") from None
-    else:
-        cur[parts[-1]] = value
+def _tagged(members: list[type[BaseModel]], tag: str):
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[tuple(members)], Field(discriminator=tag)]  # noqa: UP007
 
 
-def parse_sets(sets: list[str] | None, example: str = "--set seeds=[0] or --set train.set.epochs=2") -> dict:
-    """`KEY=VALUE` strings -> {key: YAML-parsed value}."""
-    out = {}
-    for s in sets or []:
-        if "=" not in s:
-            raise FersynthError(f"--set '{s}': expected KEY=VALUE", hint=f"e.g. {example}")
-        k, v = s.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+def experiment_model() -> type[ExperimentConfig]:
+    """ExperimentConfig with `generators` and `arms` as discriminated unions of what the
+    registries hold (a generator's `kind`, an arm's `strategy`), rebuilt when they change."""
+    from fersynth.compose import strategies, strategy_version
+
+    key = (registry_version(), strategy_version())
+    if key not in _MODELS:
+        arms = [create_model(f"{e.config.__name__.removesuffix('Config')}Arm", __base__=(e.config, ArmConfig),
+                             allow_short=(bool, Field(True, description="a pool smaller than asked is used whole; "
+                                                                        "the shortfall is reported")))
+                for e in strategies()]
+        gens = [e.config for e in generator_entries()]
+        _MODELS.clear()
+        _MODELS[key] = create_model("ExperimentConfig", __base__=ExperimentConfig,
+                                    generators=(dict[str, _tagged(gens, "kind")], Field(default_factory=dict)),
+                                    arms=(list[_tagged(arms, "strategy")], ...))
+    return _MODELS[key]
+
+
+def config_schema() -> dict:
+    """JSON Schema of a study YAML, with every registered generator and strategy."""
+    return experiment_model().model_json_schema()
 
 
 def validate_config(data: dict, source: str = "config") -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = _yaml_path(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            parent = err["loc"][:-1]
-            model = _model_at(parent)
-            close = difflib.get_close_matches(str(err["loc"][-1]), list(model.model_fields), n=1) if model else []
-            hint = f"did you mean '{close[0]}'?" if close else (f"known keys: {', '.join(model.model_fields)}" if model else None)
-            raise FersynthError(f"{source}: unknown key '{where}'", hint=hint) from None
-        raise FersynthError(f"{source}: {where}: {msg}") from None
-
-
-def _model_at(loc) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = ExperimentConfig
-    for p in loc:
-        if model is None:
-            return None
-        if isinstance(p, int):
-            continue
-        f = model.model_fields.get(str(p))
-        if f is None:
-            # a dict-of-models key (generators.<name>)
-            if model is ExperimentConfig:
-                return None
-            continue
-        ann = f.annotation
-        model = {"data": DataConfig, "train": TrainSection, "verify": VerifySection, "arms": ArmConfig,
-                 "test_sets": TestSetConfig, "generators": GeneratorConfig}.get(str(p)) if model is ExperimentConfig \
-            else (ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None)
-    return model
+    """The whole study validated at once: every error names its YAML path."""
+    return validated(experiment_model(), data, where=source)
 
 
 def _resolve_paths(data: dict, base: Path) -> dict:
@@ -315,7 +249,7 @@ def load_config(path: str | os.PathLike, sets: list[str] | None = None) -> Exper
     if not isinstance(data, dict):
         raise FersynthError(f"{p}: expected a mapping of keys at the top level")
     for k, v in parse_sets(sets).items():
-        _set_dotted(data, k, v)
+        set_dotted(data, k, v)
     data = _resolve_paths(data, p.resolve().parent)
     return validate_config(data, source=str(p))
 
@@ -323,7 +257,7 @@ def load_config(path: str | os.PathLike, sets: list[str] | None = None) -> Exper
 def config_from_dict(data: dict, base: str | os.PathLike = ".", sets: list[str] | None = None) -> ExperimentConfig:
     data = copy.deepcopy(data)
     for k, v in parse_sets(sets).items():
-        _set_dotted(data, k, v)
+        set_dotted(data, k, v)
     return validate_config(_resolve_paths(data, Path(base).resolve()))
 
 

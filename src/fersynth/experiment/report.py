@@ -21,12 +21,8 @@ import numpy as np
 
 from fersynth import __version__
 from fersynth.atomic import atomic_open
-from fersynth.experiment.config import (
-    CONTROL_STRATEGIES,
-    SYNTHETIC_STRATEGIES,
-    ExperimentConfig,
-    dump_config,
-)
+from fersynth.compose import get_strategy
+from fersynth.experiment.config import ExperimentConfig, dump_config
 from fersynth.faults import kill_point
 from fersynth.labels import CLASSES
 
@@ -314,7 +310,7 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
 
     # ---- outcome
     doc.h(2, "Outcome")
-    syn_arms = [a for a in ran_arms if a.strategy in SYNTHETIC_STRATEGIES]
+    syn_arms = [a for a in ran_arms if get_strategy(a.strategy).synthetic]
     best = None
     if syn_arms:
         def val_mca(a):
@@ -491,7 +487,7 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
         if not any(r["arm"] == ref for r in rows):
             continue
         for a in ran_arms:
-            if a.name in (ref, base) or (ref == ctrl and a.strategy in CONTROL_STRATEGIES):
+            if a.name in (ref, base) or (ref == ctrl and get_strategy(a.strategy).control):
                 continue
             c = outcome.get(ref) if best is not None and a.name == best.name and ref in outcome else \
                 arm_comparison(evals, ref, a.name, "test", k, cfg.n_boot)

@@ -32,7 +32,8 @@ from fersynth.atomic import json_default as _json
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.experiment.cache import StageCache, fingerprint
-from fersynth.experiment.config import ArmConfig, ExperimentConfig, GeneratorConfig, dump_config
+from fersynth.experiment.config import ArmConfig, ExperimentConfig, dump_config
+from fersynth.generate.registry import GenerationSpec, get_generator_entry
 from fersynth.labels import CLASSES
 
 REAL_STAGE = "data"
@@ -198,7 +199,7 @@ class Runner:
             from fersynth.data.formats import IngestOptions
             from fersynth.data.ingest import load_any
             from fersynth.data.profile import profile
-            from fersynth.data.splits import carve_validation
+            from fersynth.data.splits import ensure_validation
 
             m, _ = load_any(d.path, d.format, IngestOptions(size=d.size), progress=self.progress)
             if not (m.df["split"] == "train").any():
@@ -219,7 +220,7 @@ class Runner:
             tied = (df["split"] == "train") & df["near_group"].isin(test_groups) & (df["near_group"] >= 0)
             prof["train_rows_tied_to_test"] = int(tied.sum())
             m = m.select(~tied.to_numpy())
-            m = carve_validation(m, d.val_fraction, d.split_seed)
+            m = ensure_validation(m, d.val_fraction, d.split_seed)
             prof["split_rows"] = {s: int(n) for s, n in m.df["split"].value_counts().items()}
             from fersynth.data.profile import class_counts
 
@@ -282,14 +283,8 @@ class Runner:
         def fn(out: Path):
             from fersynth.compose import compose
 
-            real = self.real
-            if arm.strategy == "real":
-                m = Manifest(real.df, real.pixels, real.root, dict(real.meta, compose={"strategy": "real"}))
-            else:
-                syn = Manifest.load(pool[0]) if pool else None
-                params = {k: getattr(arm, k) for k in ("n", "rho", "k", "fraction") if getattr(arm, k) is not None}
-                m = compose(arm.strategy, real, syn, seed=seed, allow_short=arm.allow_short,
-                            val_fraction=self.cfg.data.val_fraction, **params)
+            syn = Manifest.load(pool[0]) if pool else None
+            m = compose(arm.strategy_config(), self.real, syn, seed=seed, val_fraction=self.cfg.data.val_fraction)
             m.save(out / "manifest")
             rep = dict(m.meta.get("compose") or {})
             df = m.df
@@ -378,110 +373,53 @@ class Runner:
             raise StageFailed(g["stage"], g["error"])
         return (g["pool"], g["pool_key"]) if verified else (g["raw_pool"], g["raw_key"])
 
-    def stage_generator_model(self, name: str, g: GeneratorConfig) -> tuple[Path, str]:
+    def stage_generator_model(self, name: str, g: GenerationSpec) -> tuple[Path, str]:
+        """The weights of generator `name`: the given `weights`, or trained on the real training rows."""
         sid = f"gen-{name}-model"
+        entry = get_generator_entry(g.kind)
         if g.weights:
             if not Path(g.weights).exists():
                 self._fail(sid, f"{g.weights}: generator weights not found (generators.{name}.weights)")
-            if g.kind == "own":
-                from fersynth.generate.own import check_weights_dir
-
-                try:
-                    check_weights_dir(g.weights)
-                except FersynthError as e:
-                    self._fail(sid, str(e))
-            key = {"weights": fingerprint(g.weights)}
-            self.state.keys[sid] = f"weights:{json.dumps(key, sort_keys=True)}"
+            try:
+                if entry.check_weights:
+                    entry.check_weights(g.weights)
+            except FersynthError as e:
+                self._fail(sid, str(e))
+            self.state.keys[sid] = f"weights:{json.dumps({'weights': fingerprint(g.weights)}, sort_keys=True)}"
             return Path(g.weights), self.state.keys[sid]
-        from fersynth.generate.own import own_config
-
-        try:
-            ocfg = own_config({"seed": g.seed, **g.train}, where=f"generators.{name}.train")
-        except FersynthError as e:
-            self._fail(sid, str(e))
-        key = {"stage": "own-train/1", "data": self.state.keys[REAL_STAGE], "config": ocfg.identity(),
+        if entry.train is None:
+            self._fail(sid, f"generators.{name}: a {g.kind} generator needs `weights`")
+        key = {"stage": f"{g.kind}-train/1", "data": self.state.keys[REAL_STAGE], "config": g.train_identity(),
                "device": g.device}
 
         def fn(out: Path):
-            from fersynth.generate.own import train_own
-
-            info = train_own(self.real.where(split="train"), ocfg, out / "weights", progress=self.progress,
-                             device=g.device)
-            return {"train_seconds": info["train_seconds"], "steps": info["steps"]}
+            info = entry.train(g, self.real.where(split="train"), out / "weights", self.progress) or {}
+            return {k: info[k] for k in ("train_seconds", "steps") if k in info}
 
         d = self._stage(sid, key, fn)
         return d / "weights", self.state.keys[sid]
 
     def stage_images(self, name: str) -> tuple[Path, str]:
+        """The generator's images: `prepare_generation`, as `fersynth generate` runs it."""
         g = self.cfg.generators[name]
         sid = f"gen-{name}-images"
         real = self.real
-        if g.kind == "own":
-            weights, wkey = self.stage_generator_model(name, g)
-        else:
-            if not Path(g.weights).exists():
-                self._fail(sid, f"{g.weights}: Stable Diffusion weights not found (generators.{name}.weights)")
-            weights, wkey = Path(g.weights), json.dumps(fingerprint(g.weights), sort_keys=True)
-        classifier = None
-        if g.mode == "guided":
-            classifier, ckey = self._baseline_ckpt(f"generator {name} (guided)")
-        else:
-            ckey = None
-        key = {"stage": "generate/1", "model": wkey, "data": self.state.keys[REAL_STAGE], "classifier": ckey,
-               # cfg_scale_per_class joins the key only when set, so that older studies stay cached
-               "gen": g.model_dump(mode="json", exclude={"train", "weights", "device", "batch_size"}
-                                   | (set() if g.cfg_scale_per_class else {"cfg_scale_per_class"})),
-               "shape": list(real.image_shape),
-               "sampler": g.scheduler or ("ddpm" if g.kind == "own" else "pipeline default")}
+        weights, wkey = self.stage_generator_model(name, g)
+        classifier, ckey = self._baseline_ckpt(f"generator {name} (guided)") if g.mode == "guided" else (None, None)
+        key = {"stage": "generate/2", "model": wkey, "data": self.state.keys[REAL_STAGE], "classifier": ckey,
+               "gen": g.model_dump(mode="json", exclude={"train", "weights", "device"}), "shape": list(real.image_shape)}
 
         def fn(out: Path):
             from fersynth.faces.convert import DomainSpec
             from fersynth.generate.base import run_generation
-            from fersynth.generate.own import plan_expand, plan_sample, source_rows
+            from fersynth.generate.metrics import class_grid
+            from fersynth.generate.registry import prepare_generation
 
-            k = real.num_classes
+            gen, items = prepare_generation(g, real, weights, classifier)
             domain = DomainSpec(size=real.image_shape[0], gray=real.pixels.ndim == 3)
-            counts = _per_class(g.per_class, k)
-            cfg_scale = g.cfg_scale if g.cfg_scale is not None else (2.0 if g.kind == "own" else 7.0)
-            src = None
-            if g.mode == "expand":
-                src = source_rows(real, k, g.sources_per_class, g.seed)
-            if g.kind == "own":
-                from fersynth.generate.own import OwnGenerator
-
-                class_cfg = {CLASSES.index(c): v for c, v in zip(_per_class_names(g.cfg_scale_per_class, k, "cfg_scale_per_class"),
-                                                                   g.cfg_scale_per_class.values(), strict=True)}
-                gen = OwnGenerator(weights, scheduler=g.scheduler or "ddpm", steps=g.steps, cfg_scale=cfg_scale,
-                                   device=g.device, source=src, classifier=classifier, guidance=g.guidance,
-                                   guidance_start=g.guidance_start, class_cfg=class_cfg)
-                params = {"cfg_scale": cfg_scale, "steps": g.steps}
-                if g.mode == "expand":
-                    items = plan_expand(src, g.k, g.seed, dict(params, strength=g.strength))
-                else:
-                    items = _plan_counts(counts, lambda c, n: plan_sample(
-                        [c], n, g.seed + 7919 * c, g.mode, dict(params, cfg_scale=class_cfg.get(c, cfg_scale))))
-            else:
-                from fersynth.generate.prompts import DEFAULT_NEGATIVE
-                from fersynth.generate.sd import SdGenerator, plan_img2img, plan_prompts
-
-                gen = SdGenerator(weights, arch=g.arch, config=g.config, scheduler=g.scheduler, steps=g.steps,
-                                  cfg_scale=cfg_scale, device=g.device, source=src, classifier=classifier,
-                                  guidance=g.guidance, guidance_start=g.guidance_start)
-                pr = dict(g.prompts)
-                neg = pr.get("negative", DEFAULT_NEGATIVE)
-                params = {"cfg_scale": cfg_scale, "steps": g.steps}
-                if g.mode == "expand":
-                    items = plan_img2img(src, "expand", g.seed, dict(params, strength=g.strength), k=g.k,
-                                         negative_prompt=neg, include_aus=pr.get("aus", True))
-                else:
-                    items = _plan_counts(counts, lambda c, n: plan_prompts(
-                        [c], n, g.seed + 7919 * c, g.mode, pr.get("sampling", "balanced"), None, neg,
-                        pr.get("aus", True), params))
             s = run_generation(gen, items, out, domain=domain, dataset=f"synthetic-{name}",
                                settings={"generator": name, **g.model_dump(mode="json", exclude={"train"})},
-                               batch_size=g.batch_size, progress=self.progress)
-            from fersynth.generate.metrics import class_grid
-
+                               batch_size=g.batch_size, shard_size=g.shard_size, progress=self.progress)
             class_grid(Manifest.load(out / "manifest"), out / "grid.png", per_class=10)
             return {"written": s.get("written"), "images_per_second": s.get("images_per_second")}
 
@@ -502,68 +440,25 @@ class Runner:
                     self._fail(sid, f"{e}: expert model not found (verify.experts)")
                 experts.append(e)
                 ekeys.append(json.dumps(fingerprint(e), sort_keys=True))
-        key = {"stage": "verify/1", "images": ikey, "experts": ekeys, "policy": v.policy,
+        key = {"stage": "verify/1", "images": ikey, "experts": ekeys, "policy": v.policy.model_dump(exclude_unset=True),
                "test_reference": v.test_reference, "data": self.state.keys[REAL_STAGE]}
         if v.calibration.enabled:  # without calibration the verdicts, and so the key, stay as before
             key["calibration"] = v.calibration.model_dump()
 
         def fn(out: Path):
-            from pydantic import ValidationError
-
             from fersynth.verify.experts import load_expert
-            from fersynth.verify.policy import VerifyPolicy
             from fersynth.verify.run import verify
 
-            try:
-                policy = VerifyPolicy(**v.policy)
-            except ValidationError as e:
-                err = e.errors()[0]
-                raise FersynthError(f"verify.policy.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
             syn = Manifest.load(images / "manifest")
             ex = [load_expert(p) for p in experts]
             ref = self.real if v.test_reference else None
-            _, rep = verify(syn, ex, policy, ref, real=self.real, calibration=v.calibration, out_dir=out / "verified",
+            _, rep = verify(syn, ex, v.policy, ref, real=self.real, calibration=v.calibration, out_dir=out / "verified",
                             progress=self.progress)
             (out / "verify.json").write_text(json.dumps(rep, indent=2, default=_json))
             return {"counts": rep["counts"]}
 
         d = self._stage(sid, key, fn)
         return d / "verified", self.state.keys[sid]
-
-
-def _per_class_names(names, k: int, what: str = "per_class") -> list[str]:
-    """Canonical names of the class names of a per-class mapping; unknown ones are one clear error."""
-    from fersynth.labels import canonical_name
-
-    out = []
-    for name in names:
-        try:
-            c = CLASSES.index(canonical_name(name))
-        except (ValueError, FersynthError):
-            raise FersynthError(f"{what}: unknown class '{name}'", hint=f"classes: {', '.join(CLASSES[:k])}") from None
-        if c >= k:
-            raise FersynthError(f"{what}: class '{name}' is not in the data")
-        out.append(CLASSES[c])
-    return out
-
-
-def _per_class(spec, k: int) -> list[int]:
-    if isinstance(spec, int):
-        return [spec] * k
-    out = [0] * k
-    for name, n in zip(_per_class_names(spec, k), spec.values(), strict=True):
-        out[CLASSES.index(name)] = int(n)
-    return out
-
-
-def _plan_counts(counts: list[int], plan_class):
-    """Work items for `counts[c]` images of each class c, from `plan_class(c, n)`, indexed in order."""
-    items = []
-    for c, n in enumerate(counts):
-        for it in plan_class(c, n) if n else []:
-            it.index = len(items)
-            items.append(it)
-    return items
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | os.PathLike | None = None, progress: bool = True,

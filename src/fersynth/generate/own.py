@@ -33,14 +33,14 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fersynth.atomic import atomic_dir, atomic_open, digest
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.faults import kill_point
 from fersynth.generate.base import Generator, WorkItem
-from fersynth.generate.registry import register_generator
+from fersynth.generate.registry import GenerationSpec, class_index, register_generator
 from fersynth.labels import CLASSES
 
 WEIGHTS_META = "fersynth_own.json"
@@ -120,23 +120,71 @@ OWN_PRESETS: dict[str, dict] = {
 def own_config(values: dict | None = None, preset: str | None = None, where: str = "generator config") -> OwnConfig:
     """An OwnConfig from a preset (also given as values['preset']) and explicit values; a bad
     preset name or value is one FersynthError naming `where` and the key."""
-    from pydantic import ValidationError
+    from fersynth.validation import validated
 
     values = dict(values or {})
     preset = values.pop("preset", None) or preset
-    base: dict = {}
-    if preset is not None:
-        if preset not in OWN_PRESETS:
-            close = difflib.get_close_matches(str(preset), list(OWN_PRESETS), n=1)
-            raise FersynthError(f"{where} preset: unknown generator preset '{preset}'",
-                                hint=f"did you mean {close[0]}?" if close else f"presets: {', '.join(OWN_PRESETS)}")
-        base = dict(OWN_PRESETS[preset])
     try:
-        return OwnConfig(**{**base, **values})
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "config"
-        raise FersynthError(f"{where} {key}: {err['msg']}") from None
+        base = _preset_values(preset)
+    except ValueError as e:
+        msg, _, hint = str(e).partition(" (")
+        raise FersynthError(f"{where} preset: {msg}", hint=hint.rstrip(")") or None) from None
+    return validated(OwnConfig, {**base, **values}, where=where)
+
+
+def _preset_values(preset: str | None) -> dict:
+    if preset is None:
+        return {}
+    if preset not in OWN_PRESETS:
+        close = difflib.get_close_matches(str(preset), list(OWN_PRESETS), n=1)
+        raise ValueError(f"unknown generator preset '{preset}'"
+                         + (f" (did you mean {close[0]}?)" if close else f" (presets: {', '.join(OWN_PRESETS)})"))
+    return dict(OWN_PRESETS[preset])
+
+
+class OwnSpec(GenerationSpec):
+    """The own diffusion model in a study (`generators.<name>: {kind: own, ...}`) or from
+    `fersynth generate own`: trained on the real training rows unless `weights` is given."""
+
+    kind: Literal["own"] = "own"
+    mode: Literal["sample", "expand", "edit", "guided"] = "sample"
+    train: OwnConfig = Field(default_factory=OwnConfig,
+                             description="OwnConfig fields (size, channels, max_minutes, ...), or `preset: NAME` "
+                                         "(e.g. fer2013-cpu) plus overrides; `seed` defaults to the generator's")
+    cfg_scale_per_class: dict[str, float] = Field(default_factory=dict,
+                                                  description="guidance scale per class name (others: cfg_scale)")
+    gen_size: int | None = Field(None, ge=8, description="side generated at (default: as trained)")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train(cls, v, info):
+        if isinstance(v, dict):
+            v = dict(v)
+            base = _preset_values(v.pop("preset", None))
+            v = {**base, **v}
+            v.setdefault("seed", info.data.get("seed", 0))
+        return v
+
+    @field_validator("cfg_scale_per_class")
+    @classmethod
+    def _class_cfg(cls, v):
+        for name, scale in v.items():
+            class_index(name, "cfg_scale_per_class")
+            if scale < 0:
+                raise ValueError(f"cfg_scale_per_class.{name} must be >= 0")
+        return v
+
+    def class_cfg(self) -> dict[int, float]:
+        return {class_index(c): float(v) for c, v in self.cfg_scale_per_class.items()}
+
+    def item_params(self, label: int) -> dict:
+        p = super().item_params(label)
+        p["scheduler"] = self.scheduler or "ddpm"
+        p["cfg_scale"] = self.class_cfg().get(label, self.cfg_scale)
+        return p
+
+    def train_identity(self) -> dict | None:
+        return None if self.weights else self.train.identity()
 
 
 def _groups(channels) -> int:
@@ -624,7 +672,17 @@ def source_rows(manifest: Manifest, num_classes: int, per_class: int | None = No
     return rows
 
 
-@register_generator("own", modes=MODES, needs="weights from `fersynth generator train` (no downloads)",
+def _train_spec(spec: OwnSpec, real_train: Manifest, out: Path, progress: bool = True) -> dict:
+    return train_own(real_train, spec.train, out, progress=progress, device=spec.device)
+
+
+@register_generator("own", config=OwnSpec, train=_train_spec, check_weights=check_weights_dir, modes=MODES,
+                    needs="weights from `fersynth generator train` (no downloads)",
                     description="class-conditional diffusion (diffusers UNet2DModel) trained on your real train split")
-def create_own(**kwargs) -> OwnGenerator:
-    return OwnGenerator(**kwargs)
+def create_own(spec: OwnSpec, weights=None, classifier=None) -> OwnGenerator:
+    if weights is None:
+        raise FersynthError("the own generator needs trained weights",
+                            hint="train them with `fersynth generator train`, then pass --weights")
+    return OwnGenerator(weights, scheduler=spec.scheduler or "ddpm", steps=spec.steps, cfg_scale=spec.cfg_scale,
+                        size=spec.gen_size, device=spec.device, classifier=classifier, guidance=spec.guidance,
+                        guidance_start=spec.guidance_start, class_cfg=spec.class_cfg())

@@ -19,17 +19,19 @@ import inspect
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.generate.base import Generator, WorkItem
 from fersynth.generate.own import FerClassifier, plan_edit, plan_expand, resolve_device
 from fersynth.generate.prompts import DEFAULT_NEGATIVE, PromptSpec, build_prompt, sample_prompts
-from fersynth.generate.registry import register_generator
+from fersynth.generate.registry import GenerationSpec, plan_per_class, register_generator
 from fersynth.labels import CLASSES
 
 MODES = ("sample", "expand", "edit", "guided")
@@ -292,7 +294,56 @@ def plan_img2img(source: Manifest, mode: str, seed: int, params: dict, k: int = 
     return items
 
 
-@register_generator("sd", modes=MODES, needs="a local SD 1.x/2.x, SDXL or SD3 model (diffusers folder or .safetensors)",
+class PromptsConfig(BaseModel):
+    """How the prompt builder draws prompts (see `fersynth.generate.prompts`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sampling: Literal["balanced", "factorial", "random"] = "balanced"
+    attributes: bool = Field(True, description="false: emotion phrases only, no attribute grid")
+    aus: bool = Field(True, description="name the expression's facial action units")
+    negative: str | None = Field(None, description="negative prompt (default: the builder's)")
+
+
+class SdSpec(GenerationSpec):
+    """A Stable Diffusion model in a study (`{kind: sd, weights: MODEL, ...}`) or from `fersynth generate sd`."""
+
+    kind: Literal["sd"] = "sd"
+    mode: Literal["sample", "expand", "edit", "guided"] = "sample"
+    arch: str | None = Field(None, description="single-file checkpoints: sd | sdxl | sd3")
+    config: str | None = Field(None, description="single-file checkpoints: local diffusers config folder")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    gen_size: int | None = Field(None, ge=8, description="side generated at (default: the model's native size)")
+    cfg_scale: float = Field(7.0, ge=0)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if not self.weights:
+            raise ValueError("an sd generator needs `weights` (a local diffusers folder or .safetensors file)")
+        return self
+
+    def item_params(self, label: int) -> dict:
+        return dict(super().item_params(label), scheduler=self.scheduler or "default")
+
+
+def plan_sd(spec: SdSpec, source: Manifest | None, num_classes: int) -> list[WorkItem]:
+    pr = spec.prompts
+    neg = DEFAULT_NEGATIVE if pr.negative is None else pr.negative
+    if spec.mode in ("expand", "edit"):
+        return plan_img2img(source, spec.mode, spec.seed, spec.item_params(-1), k=spec.k,
+                            targets=spec.class_list(spec.targets, num_classes), num_classes=num_classes,
+                            negative_prompt=neg, include_aus=pr.aus)
+    return plan_per_class(spec.counts(num_classes), spec.seed, lambda c, n, s: plan_prompts(
+        [c], n, s, spec.mode, pr.sampling, None if pr.attributes else {}, neg, pr.aus, spec.item_params(c)))
+
+
+@register_generator("sd", config=SdSpec, plan=plan_sd, modes=MODES,
+                    needs="a local SD 1.x/2.x, SDXL or SD3 model (diffusers folder or .safetensors)",
                     description="Stable Diffusion family via diffusers: prompts with action units, img2img, guidance")
-def create_sd(**kwargs) -> SdGenerator:
-    return SdGenerator(**kwargs)
+def create_sd(spec: SdSpec, weights=None, classifier=None) -> SdGenerator:
+    if weights is None or not Path(weights).exists():
+        raise FersynthError(f"{weights}: Stable Diffusion weights not found", hint="pass a local diffusers folder "
+                            "or .safetensors file")
+    return SdGenerator(weights, arch=spec.arch, config=spec.config, scheduler=spec.scheduler, steps=spec.steps,
+                       cfg_scale=spec.cfg_scale, size=spec.gen_size, device=spec.device, dtype=spec.dtype,
+                       classifier=classifier, guidance=spec.guidance, guidance_start=spec.guidance_start)

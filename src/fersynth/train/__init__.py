@@ -10,9 +10,8 @@ __all__ = ["AugmentConfig", "Checkpoint", "PRESETS", "TrainConfig", "get_preset"
 def resolve_config(preset: str | None = None, flags: dict | None = None, overrides: dict | None = None,
                    base: dict | None = None) -> TrainConfig:
     """Preset, then a config file's values (`base`), then `--set` overrides; explicit flags may not contradict a preset."""
-    from pydantic import ValidationError
-
     from fersynth.errors import FersynthError
+    from fersynth.validation import set_dotted, validated
 
     data: dict = {}
     if preset:
@@ -29,25 +28,9 @@ def resolve_config(preset: str | None = None, flags: dict | None = None, overrid
             )
         data[k] = v
     for k, v in (overrides or {}).items():
-        _set_path(data, k, v)
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "config"
-        raise FersynthError(f"config key '{loc}': {err['msg']}", hint="see `fersynth train --help`") from None
+        set_dotted(data, k, v)
+    return validated(TrainConfig, data, where="training config", hint="see `fersynth train --help`")
 
 
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
-
-
-def _set_path(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            from fersynth.errors import FersynthError
-
-            raise FersynthError(f"--set {dotted}: '{p}' is not a section")
-    d[parts[-1]] = value

@@ -70,25 +70,9 @@ def _collate(batch):
 def split_train_val(manifest: Manifest, val_fraction: float, seed: int) -> tuple[Manifest, Manifest, dict]:
     """Train rows and validation rows. Existing split=='val' rows are used as they are; otherwise
     validation is carved from the real train rows. Rows derived from a validation image are dropped."""
-    from fersynth.data.duplicates import add_duplicate_columns
-    from fersynth.data.splits import carve_validation
+    from fersynth.data.splits import ensure_validation
 
-    df = manifest.df
-    labelled = df["label"] >= 0
-    if (df["split"] == "val").any():
-        m = manifest
-    else:
-        real_train = ((df["split"] == "train") & (df["source"] == "real") & labelled).to_numpy()
-        if real_train.sum() < 2:
-            raise FersynthError("no labelled real training rows to carve validation from", hint="check the manifest's split column")
-        real = manifest.select(real_train)
-        if "near_group" not in real.df.columns:
-            real = add_duplicate_columns(real)
-        real = carve_validation(real, val_fraction, seed)
-        val_ids = set(real.df.loc[real.df["split"] == "val", "id"])
-        split = df["split"].copy()
-        split[df["id"].isin(val_ids).to_numpy()] = "val"
-        m = Manifest(df.assign(split=split), manifest.pixels, manifest.root, manifest.meta)
+    m = ensure_validation(manifest, val_fraction, seed)
     mdf = m.df
     val_mask = ((mdf["split"] == "val") & (mdf["label"] >= 0)).to_numpy()
     val_ids = set(mdf.loc[val_mask, "id"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fersynth.data.manifest import Manifest, pixel_hashes
+from fersynth.data.manifest import Manifest, exact_hashes
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES, canonical_index
 from fersynth.verify.calibrate import CalibrationConfig, calibrate_and_check
@@ -129,10 +129,9 @@ def validation_rows(real: Manifest, val_fraction: float = 0.1, seed: int = 0) ->
     if not train.any():
         raise FersynthError("the real data has no labelled validation or training rows to check the verifier on",
                             hint="give the dataset the experts' task comes from (its training split)")
-    from fersynth.data.duplicates import add_duplicate_columns
-    from fersynth.data.splits import carve_validation
+    from fersynth.data.splits import ensure_validation
 
-    carved = carve_validation(add_duplicate_columns(real.select(train)), val_fraction, seed)
+    carved = ensure_validation(real.select(train), val_fraction, seed)
     return carved.where(split="val")
 
 
@@ -181,15 +180,13 @@ def verify(
     per = expert_probabilities(experts, synth.pixels, k, progress=progress)
 
     df = synth.df
-    exact = df["pixel_hash"].astype(str).tolist() if "pixel_hash" in df.columns else pixel_hashes(synth.pixels)
+    exact = exact_hashes(synth)
     need_hash = policy.dedup or test_reference is not None
     hashes = phash(synth.pixels) if need_hash else None
     test_dup, ref_info = None, None
     if test_reference is not None:
         held = _heldout(test_reference)
-        ref_exact = (held.df["pixel_hash"].astype(str).tolist() if "pixel_hash" in held.df.columns
-                     else pixel_hashes(held.pixels))
-        test_dup = near_any(hashes, phash(held.pixels), policy.radius, exact, ref_exact)
+        test_dup = near_any(hashes, phash(held.pixels), policy.radius, exact, exact_hashes(held))
         ref_info = {"rows": len(held), "near_duplicates": int(test_dup.sum())}
     q = None
     if policy.min_q_score is not None:
