@@ -373,7 +373,7 @@ class Runner:
             raise StageFailed(g["stage"], g["error"])
         return (g["pool"], g["pool_key"]) if verified else (g["raw_pool"], g["raw_key"])
 
-    def stage_generator_model(self, name: str, g: GenerationSpec) -> tuple[Path, str]:
+    def stage_generator_model(self, name: str, g: GenerationSpec) -> tuple[Path | None, str | None]:
         """The weights of generator `name`: the given `weights`, or trained on the real training rows."""
         sid = f"gen-{name}-model"
         entry = get_generator_entry(g.kind)
@@ -387,8 +387,8 @@ class Runner:
                 self._fail(sid, str(e))
             self.state.keys[sid] = f"weights:{json.dumps({'weights': fingerprint(g.weights)}, sort_keys=True)}"
             return Path(g.weights), self.state.keys[sid]
-        if entry.train is None:
-            self._fail(sid, f"generators.{name}: a {g.kind} generator needs `weights`")
+        if entry.train is None:  # a generator that brings its own model (procedural, or weights it knows)
+            return None, None
         key = {"stage": f"{g.kind}-train/1", "data": self.state.keys[REAL_STAGE], "config": g.train_identity(),
                "device": g.device}
 
