@@ -215,9 +215,9 @@ def test_verify_cli_bad_calibration_values(imbalanced_run, ckpt, tmp_path, capsy
     b, _ = imbalanced_run
     base = ["verify", str(b / "synth"), "-e", str(ckpt)]
     cases = [
-        (["--calibrate", "platt", "--real", str(b / "real")], "calibration method"),
-        (["--calibrate", "both", "--real", str(b / "real"), "--target-keep", "1.5"], "calibration target_keep"),
-        (["--calibrate", "both", "--real", str(b / "real"), "--fit-fraction", "0"], "calibration fit_fraction"),
+        (["--calibrate", "platt", "--real", str(b / "real")], "calibration: method"),
+        (["--calibrate", "both", "--real", str(b / "real"), "--target-keep", "1.5"], "calibration: target_keep"),
+        (["--calibrate", "both", "--real", str(b / "real"), "--fit-fraction", "0"], "calibration: fit_fraction"),
         (["--calibrate", "both"], "needs real validation images"),
         (["--calibrate", "both", "--real", str(tmp_path / "nowhere")], "nowhere"),
     ]

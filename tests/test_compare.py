@@ -16,6 +16,7 @@ from fersynth.evaluate import (
     plot_class_distribution,
     plot_confusion,
     plot_per_class_deltas,
+    significant,
 )
 from fersynth.labels import BASIC7
 
@@ -131,7 +132,11 @@ def test_compare_aggregates_seeds_per_arm():
     w = comp["arms"]["real+syn"]["metrics"]["accuracy"]
     assert w["delta"] == pytest.approx(np.mean(accs["real+syn"]) - np.mean(accs["real"]))
     ref = sps.ttest_ind(accs["real+syn"], accs["real"], equal_var=False)
-    assert w["p_value"] == pytest.approx(ref.pvalue)
+    assert w["welch"]["p_value"] == pytest.approx(ref.pvalue)
+    # the study report's engine: a seed-averaged paired image bootstrap beside Welch's t
+    assert w["method"] == "seed-averaged paired bootstrap" and w["ci95"][0] < w["delta"] < w["ci95"][1]
+    assert comp["arms"]["real+syn"]["per_class"] and significant(w) == (w["p_value"] < 0.05
+                                                                      and w["welch"]["p_value"] < 0.05)
     pooled = comp["arms"]["real+syn"]["pooled_mcnemar"]
     assert pooled["seeds"] == [0, 1, 2] and pooled["n"] == 3 * N
     assert pooled["c"] > pooled["b"]

@@ -121,7 +121,7 @@ def test_preset_conflict_and_overrides():
     with pytest.raises(FersynthError, match="--lr 0.01 conflicts with preset 'sultanov2025'"):
         resolve_config("sultanov2025", {"lr": 0.01})
     assert resolve_config("sultanov2025", overrides={"lr": 0.01, "augment.rotation": 5}).augment.rotation == 5
-    with pytest.raises(FersynthError, match="config key 'optimizer'"):
+    with pytest.raises(FersynthError, match="training config: optimizer"):
         resolve_config(None, overrides={"optimizer": "lamb"})
     with pytest.raises(FersynthError, match="unknown preset 'sultanov'"):
         resolve_config("sultanov")

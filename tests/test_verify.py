@@ -282,7 +282,7 @@ def test_verify_cli_bad_input(run_dir, synth, tmp_path, capsys):
     cases = [
         (["verify", tmp_path / "plain", "-e", run_dir, "-o", tmp_path / "o1"], "no intended labels"),
         (["verify", tmp_path / "c8", "-e", run_dir, "-o", tmp_path / "o2"], "no output for class(es) contempt"),
-        (["verify", tmp_path / "ok", "-e", run_dir, "-o", tmp_path / "o3", "--threshold", "2"], "policy threshold"),
+        (["verify", tmp_path / "ok", "-e", run_dir, "-o", tmp_path / "o3", "--threshold", "2"], "policy: threshold"),
         (["verify", tmp_path / "ok", "-e", run_dir, "-o", tmp_path / "o4", "--k", "2"], "2 agreeing experts but only 1"),
         (["verify", tmp_path / "ok", "-e", tmp_path / "nope.onnx", "-o", tmp_path / "o5"], "expert model not found"),
     ]

@@ -64,9 +64,36 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary file name beside `path`, for writers that take a name (OpenCV, pandas,
+    ONNX, safetensors); on success the file replaces `path`, on error it is removed.
+    `keep_suffix` ends the name with `path`'s suffix, for writers that choose a format by it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX + (path.suffix if keep_suffix else ""),
+                               dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """The temporary name of a file written over a long time (a video) before `os.replace`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_SUFFIX}{path.suffix}")
+
+
 def is_temporary(p: Path) -> bool:
     """A name this module (or an older hand-rolled writer) gives to something not yet in place."""
-    return p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or (p.name.endswith(".old") and p.is_dir()))
+    tmp = p.name.endswith(TMP_SUFFIX) or p.name.removesuffix(p.suffix).endswith(TMP_SUFFIX)
+    return p.name.startswith(".") and (tmp or (p.name.endswith(".old") and p.is_dir()))
 
 
 def sweep_temporaries(root: str | os.PathLike) -> list[Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fersynth.atomic import write_json_atomic
+from fersynth.atomic import atomic_path, write_json_atomic
 from fersynth.errors import FersynthError
 
 FORMAT_VERSION = 1
@@ -33,10 +32,8 @@ def save_checkpoint(model: torch.nn.Module, meta: dict, path: str | os.PathLike)
     path = Path(path).with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    save_file(state, tmp, metadata={"fersynth": str(FORMAT_VERSION), "architecture": meta["architecture"]})
-    os.replace(tmp, path.with_suffix(".safetensors"))
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file(state, str(tmp), metadata={"fersynth": str(FORMAT_VERSION), "architecture": meta["architecture"]})
     write_json_atomic(dict(meta, format_version=FORMAT_VERSION), path.with_suffix(".json"))
     return path.with_suffix(".safetensors")
 

@@ -49,13 +49,6 @@ class StrategyConfig(BaseModel):
     allow_short: bool = Field(False, description="a pool smaller than asked is used whole; the shortfall is reported")
 
 
-def _rho(v):
-    if v is not None and v < 1:
-        raise ValueError(f"rho must be >= 1 (max/min class ratio), got {v}; rho 1 means fully balanced, "
-                         "FER2013 train is about 16.5")
-    return v
-
-
 @dataclass(frozen=True)
 class StrategyEntry:
     name: str
@@ -366,10 +359,20 @@ def _synthetic_only(cfg: SyntheticOnlyConfig, job: ComposeJob) -> None:
     job.short.check(cfg.allow_short, f"{cfg.n} per class" if cfg.n is not None else "every class")
 
 
-class BalanceConfig(StrategyConfig):
-    strategy: Literal["balance"] = "balance"
+class _RhoConfig(StrategyConfig):
     rho: float = Field(description="target imbalance ratio max/min >= 1")
-    _check_rho = field_validator("rho")(classmethod(lambda cls, v: _rho(v)))
+
+    @field_validator("rho")
+    @classmethod
+    def _rho(cls, v):
+        if v < 1:
+            raise ValueError(f"rho must be >= 1 (max/min class ratio), got {v}; rho 1 means fully balanced, "
+                             "FER2013 train is about 16.5")
+        return v
+
+
+class BalanceConfig(_RhoConfig):
+    strategy: Literal["balance"] = "balance"
 
 
 @register_strategy("balance", config=BalanceConfig, synthetic=True,
@@ -434,10 +437,8 @@ def _mix(cfg: MixConfig, job: ComposeJob) -> None:
     job.report["mix"] = {"total": total, "synthetic": int(n_syn), "real": int(total - n_syn)}
 
 
-class OversampleConfig(StrategyConfig):
+class OversampleConfig(_RhoConfig):
     strategy: Literal["oversample"] = "oversample"
-    rho: float = Field(description="target imbalance ratio max/min >= 1")
-    _check_rho = field_validator("rho")(classmethod(lambda cls, v: _rho(v)))
 
 
 @register_strategy("oversample", config=OversampleConfig, synthetic=False, control=True, carve=True,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fersynth.atomic import atomic_path
 from fersynth.errors import FersynthError
 from fersynth.predictor import ONNX_META_KEY, Predictor
 
@@ -37,8 +38,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     torch_pred = Predictor.from_checkpoint(ck, device="cpu")
     pre = torch_pred.pre
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         dummy = torch.zeros(2, pre.in_chans, pre.img_size, pre.img_size)
         torch.onnx.export(ck.model.eval(), (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
@@ -54,9 +54,6 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
         if report["max_abs_diff"] > atol:
             raise FersynthError(f"{out}: ONNX Runtime differs from PyTorch by {report['max_abs_diff']:.2e} "
                                 f"(> {atol:g}) in class probabilities", hint="try another --opset")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dict(report, out=str(out), opset=opset, tolerance=atol)
 
 

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from fersynth.atomic import atomic_path, temporary_sibling
 from fersynth.data.decode import is_image_name
 from fersynth.errors import FersynthError
 from fersynth.faces.convert import DomainSpec, face_boxes, haar_detector
@@ -194,12 +195,12 @@ class Annotator:
         video = is_video_name(frame.file.name)
         out = self.name(frame.file, video)
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
         if not video:
-            if not cv2.imwrite(str(tmp), bgr):
-                raise FersynthError(f"{out}: could not write the annotated image")
-            os.replace(tmp, out)
+            with atomic_path(out, keep_suffix=True) as tmp:
+                if not cv2.imwrite(str(tmp), bgr):
+                    raise FersynthError(f"{out}: could not write the annotated image")
             return
+        tmp = temporary_sibling(out)
         vw = self._writers.get(out)
         if vw is None:
             vw = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), frame.fps or 10.0, (bgr.shape[1], bgr.shape[0]))
@@ -213,7 +214,7 @@ class Annotator:
         """Finish the videos: renamed into place on success, removed otherwise."""
         for out, vw in self._writers.items():
             vw.release()
-            tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+            tmp = temporary_sibling(out)
             if ok:
                 os.replace(tmp, out)
             else:

@@ -26,7 +26,7 @@ app = typer.Typer(help="Load, profile and check datasets.", no_args_is_help=True
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-def _load(path: Path, format, size, skip_bad, class_map, mode, images=None, quiet=False, photos="face", out=None):
+def load_data(path: Path, format, size, skip_bad, class_map, mode, images=None, quiet=False, photos="face", out=None):
     from fersynth.data.ingest import ingest, load_any
 
     opts = ingest_options(size, skip_bad, class_map, mode, images, photos)
@@ -66,7 +66,7 @@ def ingest(
     class_map: list[str] = ClassMapOpt, color: str = ModeOpt, images: str = ImagesOpt, photos: str = PhotosOpt,
 ) -> None:
     """Read a dataset into a Manifest (Parquet table + packed uint8 pixels). The source is never modified."""
-    m, report = _load(path, format, size, skip_bad, class_map, color, images, photos=photos, out=out)
+    m, report = load_data(path, format, size, skip_bad, class_map, color, images, photos=photos, out=out)
     console.print(f"{report.format}: {len(m)} images {tuple(m.image_shape)} -> {out}")
 
 
@@ -84,7 +84,7 @@ def inspect(
     """Counts and shares per subset and class, imbalance ratio, quality and duplicate/leakage summaries."""
     from fersynth.data.profile import profile
 
-    m, _ = _load(path, format, size, skip_bad, class_map, color, images, quiet=json_out, photos=photos)
+    m, _ = load_data(path, format, size, skip_bad, class_map, color, images, quiet=json_out, photos=photos)
     _, prof = profile(m, quality=not no_quality, duplicates=not no_duplicates, radius=radius)
     if plot is not None:
         from fersynth.evaluate.plots import plot_class_distribution
@@ -150,7 +150,7 @@ def quality(
 
     if out is None and not is_manifest_dir(path):
         raise FersynthError(f"{path} is a dataset, not a manifest", hint="pass --out DIR to write a new manifest")
-    m, _ = _load(path, format, size, skip_bad, class_map, color)
+    m, _ = load_data(path, format, size, skip_bad, class_map, color)
     df = m.df.drop(columns=[c for c in m.df.columns if c.startswith("q_") or c == "flags"])
     scores = quality_scores(m.pixels)
     m = Manifest(pd.concat([df, scores.reset_index(drop=True)], axis=1), m.pixels, m.root, m.meta)
@@ -173,7 +173,7 @@ def leakage(
     from fersynth.data.duplicates import add_duplicate_columns, leakage_report
     from fersynth.labels import CLASSES
 
-    m, _ = _load(path, format, size, skip_bad, class_map, color, quiet=json_out)
+    m, _ = load_data(path, format, size, skip_bad, class_map, color, quiet=json_out)
     m = add_duplicate_columns(m, radius=radius)
     rep = leakage_report(m.df)
     for kind in ("exact_groups", "near_groups"):
@@ -213,7 +213,7 @@ def enhance(
     from fersynth.quality import enhance as run_enhance
     from fersynth.quality import quality_scores
 
-    m, _ = _load(path, format, size, skip_bad, class_map, color)
+    m, _ = load_data(path, format, size, skip_bad, class_map, color)
     mask = np.ones(len(m), dtype=bool)
     if below is not None:
         q = m.df["q_score"].to_numpy() if "q_score" in m.df.columns else quality_scores(m.pixels)["q_score"].to_numpy()

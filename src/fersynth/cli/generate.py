@@ -43,7 +43,7 @@ def _domain(size: int, color: str, detect: bool):
     return DomainSpec(size=size, gray=color == "gray", detect_face=detect)
 
 
-def _load(data: Path, format, size):
+def load_real(data: Path, format, size):
     from fersynth.cli.common import ingest_options
     from fersynth.data.ingest import load_any
 
@@ -88,7 +88,7 @@ def _generate(kind: str, values: dict, out: Path, data: Path | None, classifier:
     from fersynth.generate.registry import generation_spec, prepare_generation
 
     spec = generation_spec(kind, {k: v for k, v in values.items() if v is not None}, where=f"generate {kind}")
-    real = _load(data, format, size) if data is not None and spec.mode in ("expand", "edit") else None
+    real = load_real(data, format, size) if data is not None and spec.mode in ("expand", "edit") else None
     gen, items = prepare_generation(spec, real, classifier=classifier)
     summary = run_generation(gen, items, out, domain=domain, dataset=dataset or kind,
                              settings=spec.model_dump(mode="json", exclude={"train"}), shard_size=spec.shard_size,
@@ -227,7 +227,7 @@ def metrics(
 
     path = synthetic / "manifest" if is_manifest_dir(synthetic / "manifest") else synthetic
     syn = Manifest.load(path)
-    ref = _load(real, format, size).where(split="train")
+    ref = load_real(real, format, size).where(split="train")
     if ref.image_shape[:2] != syn.image_shape[:2]:
         raise FersynthError(f"real images are {ref.image_shape}, synthetic {syn.image_shape}",
                             hint="generate with --domain-size matching the real data, or ingest with --size")

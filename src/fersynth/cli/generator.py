@@ -80,9 +80,9 @@ def train(
              "max_minutes": max_minutes, "p_uncond": p_uncond, "class_balance": class_balance, "amp": amp,
              "prediction": prediction, "snr_gamma": snr_gamma, "ema": ema, "seed": seed}
     cfg = own_config({k: v for k, v in given.items() if v is not None}, preset)
-    from fersynth.cli.generate import _load
+    from fersynth.cli.generate import load_real
 
-    m = _load(data, format, size)
+    m = load_real(data, format, size)
     info = train_own(m, cfg, out, progress=not quiet, device=device)
     if info.get("precision_note"):
         console.print(info["precision_note"])

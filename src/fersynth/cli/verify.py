@@ -163,7 +163,7 @@ def audit(
     from fersynth.verify.audit import DEFAULT_FRACTIONS
     from fersynth.verify.audit import audit as run_audit
 
-    m, _ = data_cli._load(path, format, size, skip_bad, folder_map, color, images, quiet=json_out)
+    m, _ = data_cli.load_data(path, format, size, skip_bad, folder_map, color, images, quiet=json_out)
     rank, report = run_audit(m, _experts(experts), label_column=label_column, reference_column=reference_column,
                              split=split, score=score, fractions=tuple(top) if top else DEFAULT_FRACTIONS,
                              label_map=_label_map(class_map), out_dir=out, progress=not json_out)

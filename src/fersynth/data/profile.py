@@ -71,3 +71,38 @@ def profile(manifest: Manifest, quality: bool = True, duplicates: bool = True, r
     if duplicates:
         out["duplicates"] = leakage_report(m.df)["summary"]
     return m, out
+
+
+def study_data(path, format: str | None = None, size: int | None = None, test_subsets: list[str] | None = None,
+               quality: bool = True, val_fraction: float = 0.1, split_seed: int = 0,
+               progress: bool = True) -> tuple[Manifest, dict]:
+    """The real data of a study, as every later stage reads it: ingested, profiled (duplicate
+    columns, quality), training rows tied to a test image by an exact or near-duplicate group
+    left out, and validation carved once (`splits.ensure_validation`). Returns it with its profile."""
+    from fersynth.data.duplicates import leakage_report
+    from fersynth.data.formats import IngestOptions
+    from fersynth.data.ingest import load_any
+    from fersynth.data.splits import ensure_validation
+    from fersynth.errors import FersynthError
+
+    m, _ = load_any(path, format, IngestOptions(size=size), progress=progress)
+    if not (m.df["split"] == "train").any():
+        raise FersynthError(f"{path}: no training rows", hint="the data needs a train split")
+    if not (m.df["split"] == "test").any():
+        raise FersynthError(f"{path}: no test rows", hint="the data needs a test split to evaluate on")
+    if test_subsets:
+        known = set(m.df.loc[m.df["split"] == "test", "subset"])
+        bad = [s for s in test_subsets if s not in known]
+        if bad:
+            raise FersynthError(f"data.test_subsets: '{bad[0]}' is not a test subset",
+                                hint=f"test subsets: {', '.join(sorted(map(str, known)))}")
+    m, prof = profile(m, quality=quality, duplicates=True)
+    prof["leakage"] = leakage_report(m.df)["summary"]
+    df = m.df
+    test_groups = set(df.loc[df["split"] == "test", "near_group"]) - {-1}
+    tied = (df["split"] == "train") & df["near_group"].isin(test_groups) & (df["near_group"] >= 0)
+    prof["train_rows_tied_to_test"] = int(tied.sum())
+    m = ensure_validation(m.select(~tied.to_numpy()), val_fraction, split_seed)
+    prof["split_rows"] = {s: int(n) for s, n in m.df["split"].value_counts().items()}
+    prof["split_counts"] = class_counts(m.df.assign(subset=m.df["split"]), m.num_classes)
+    return m, prof

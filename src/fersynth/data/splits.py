@@ -141,8 +141,8 @@ def ensure_validation(manifest: Manifest, val_fraction: float = 0.1, seed: int =
 
     Rows already marked `val` are used as they are. Otherwise `carve_validation` moves a
     seeded, stratified, duplicate-aware share of the real, labelled training rows to `val`
-    (duplicate columns are computed first where the manifest lacks them); every other column
-    and row stays as it was. `fersynth run` carves once in its data stage with `split_seed`,
+    (duplicate groups are computed among them where the manifest has no group column); every
+    other column and row stays as it was. `fersynth run` carves once in its data stage with `split_seed`,
     so compose and training find validation there and never carve again.
     """
     df = manifest.df
@@ -153,17 +153,15 @@ def ensure_validation(manifest: Manifest, val_fraction: float = 0.1, seed: int =
     if real_train.sum() < 2:
         raise FersynthError("no labelled real training rows to carve validation from",
                             hint="check the manifest's split, source and label columns")
-    pdf = df.assign(split=np.where(df["split"].eq("train").to_numpy() & ~labelled, "unlabelled", df["split"]))
+    # Candidates are the real, labelled training rows alone: synthetic rows neither join validation
+    # nor move it (every arm of a study, whatever it adds, keeps the same validation images); rows
+    # derived from a validation image are dropped by the trainer and by compose instead.
+    sub = manifest.select(real_train)
     if "near_group" not in df.columns and "dup_group" not in df.columns:
-        # groups among the candidates only (numbering as `fersynth train` always had it)
         from fersynth.data.duplicates import add_duplicate_columns
 
-        groups = add_duplicate_columns(manifest.select(real_train)).df["near_group"].to_numpy()
-        near = np.full(len(df), -1, np.int64)
-        near[real_train] = groups
-        pdf = pdf.assign(near_group=near)
-    # unlabelled training rows are not candidates: they stay in train while carving
-    probe = Manifest(pdf, manifest.pixels, manifest.root, manifest.meta)
-    carved = carve_validation(probe, val_fraction, seed)
-    split = np.where(carved.df["split"].to_numpy() == "val", "val", df["split"].to_numpy())
+        sub = add_duplicate_columns(sub)
+    carved = carve_validation(sub, val_fraction, seed)
+    split = df["split"].to_numpy().copy()
+    split[np.flatnonzero(real_train)[carved.df["split"].to_numpy() == "val"]] = "val"
     return Manifest(df.assign(split=split), manifest.pixels, manifest.root, carved.meta)

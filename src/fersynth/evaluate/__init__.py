@@ -1,6 +1,6 @@
 """Evaluation: metrics with bootstrap CIs, significance tests, run comparison and figures."""
 
-from fersynth.evaluate.compare import compare_runs, format_compare_table
+from fersynth.evaluate.compare import compare_arms, compare_runs, format_compare_table, significant
 from fersynth.evaluate.metrics import evaluate_predictions, fer_plus_metrics
 from fersynth.evaluate.plots import plot_class_distribution, plot_confusion, plot_per_class_deltas
 from fersynth.evaluate.stats import (
@@ -13,6 +13,7 @@ from fersynth.evaluate.stats import (
 )
 
 __all__ = [
+    "compare_arms",
     "compare_runs",
     "evaluate_predictions",
     "fer_plus_metrics",
@@ -24,6 +25,7 @@ __all__ = [
     "plot_class_distribution",
     "plot_confusion",
     "plot_per_class_deltas",
+    "significant",
     "t_interval",
     "welch_t",
 ]

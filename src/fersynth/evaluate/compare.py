@@ -151,7 +151,7 @@ def compare_runs(
     for m in TABLE_METRICS:
         _holm_fill([c["metrics"][m] for c in comparisons.values()])
 
-    arms, arm_comparisons = _arms(results, names, baseline, scored)
+    arms, arm_comparisons = _arms(results, names, baseline, scored, n_boot, seed)
     return {
         "names": names,
         "baseline": base_name,
@@ -247,7 +247,71 @@ def _holm_fill(entries: list[dict]) -> None:
         e["p_holm"] = p
 
 
-def _arms(results, names, baseline, scored):
+ALPHA = 0.05
+BOOT_ARM_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+
+
+def _arm_predictions(runs: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """(labels, (S, N) predictions, ids) of one arm's runs on the ids every run scored."""
+    scored = [_scored(r) for r in runs]
+    if not scored or any(s is None for s in scored):
+        return None
+    ids = [i for i in scored[0] if all(i in s for s in scored[1:])]
+    if not ids:
+        return None
+    y = np.array([scored[0][i][0] for i in ids], dtype=np.int64)
+    return y, np.array([[s[i][1] for i in ids] for s in scored], dtype=np.int64), ids
+
+
+def compare_arms(runs_a: Sequence[dict], runs_b: Sequence[dict], num_classes: int | None = None,
+                 n_boot: int = 1000, seed: int = 0, metrics: Sequence[str] = ARM_METRICS) -> dict:
+    """Arm B minus arm A, each a list of evaluations (one per training seed) on one test set.
+
+    The one arm comparison of fersynth (`fersynth compare` and the study report): accuracy,
+    mean class accuracy, macro F1 and per-class recall / F1 get the seed-averaged paired image
+    bootstrap (`stats.seed_averaged_paired_bootstrap`) on the images both arms scored, and
+    every metric gets Welch's t across seeds (`welch`). `significant` is the rule that reads it.
+    Without predictions to pair, the metrics carry Welch's test only.
+    """
+    from fersynth.evaluate.stats import seed_averaged_paired_bootstrap
+
+    out: dict = {"per_class": {}, "paired": False}
+    pa, pb = _arm_predictions(runs_a), _arm_predictions(runs_b)
+    boot = None
+    if pa is not None and pb is not None:
+        ids = [i for i in pa[2] if i in set(pb[2])]
+        ia, ib = {i: n for n, i in enumerate(pa[2])}, {i: n for n, i in enumerate(pb[2])}
+        sel_a, sel_b = [ia[i] for i in ids], [ib[i] for i in ids]
+        y = pa[0][sel_a]
+        if ids and np.array_equal(y, pb[0][sel_b]):
+            k = num_classes or max(len(CLASSES[:7]), int(max(y.max(), pa[1].max(), pb[1].max())) + 1)
+            boot = seed_averaged_paired_bootstrap(y, pa[1][:, sel_a], pb[1][:, sel_b], k,
+                                                  n_boot=max(n_boot, 200), seed=seed)
+            out.update(paired=True, per_class=boot.pop("per_class"),
+                       **{f: boot[f] for f in ("n", "seeds_a", "seeds_b", "n_boot", "method")})
+    for m in metrics:
+        w = welch_t([r.get(m) for r in runs_a], [r.get(m) for r in runs_b])
+        if boot is not None and m in boot:
+            out[m] = dict(boot[m], welch=w, method="seed-averaged paired bootstrap")
+        else:
+            out[m] = {"delta": w.get("delta"), "ci95": w.get("ci95", [None, None]), "p_value": w.get("p_value"),
+                      "welch": w, "method": "Welch t across seeds"}
+    return out
+
+
+def significant(entry: dict, alpha: float = ALPHA) -> bool:
+    """A delta counts as significant when its p-value is below alpha and, where there are at least
+    two seeds per arm, Welch's t across seeds agrees."""
+    p = entry.get("p_value")
+    welch = entry.get("welch") or {}
+    if p is None or p >= alpha:
+        return False
+    if welch.get("n_a", 0) >= 2 and welch.get("n_b", 0) >= 2:
+        return welch.get("p_value") is not None and welch["p_value"] < alpha
+    return True
+
+
+def _arms(results, names, baseline, scored, n_boot: int = 1000, seed: int = 0):
     arm_of = [
         r.get("arm") if r.get("arm") is not None else n for n, r in zip(names, results, strict=True)
     ]
@@ -274,13 +338,10 @@ def _arms(results, names, baseline, scored):
     for arm, idx in groups.items():
         if arm == base_arm:
             continue
-        entry = {"metrics": {}, "pooled_mcnemar": None}
-        for m in ARM_METRICS:
-            va = [results[i].get(m) for i in groups[base_arm]]
-            vb = [results[i].get(m) for i in idx]
-            entry["metrics"][m] = welch_t(va, vb) | {"method": "Welch t across seeds"}
-        entry["pooled_mcnemar"] = _pooled_mcnemar(groups[base_arm], idx, results, names, scored)
-        comps[arm] = entry
+        c = compare_arms([results[i] for i in groups[base_arm]], [results[i] for i in idx], n_boot=n_boot, seed=seed)
+        comps[arm] = {"metrics": {m: c[m] for m in ARM_METRICS}, "per_class": c["per_class"],
+                      "paired": c["paired"],
+                      "pooled_mcnemar": _pooled_mcnemar(groups[base_arm], idx, results, names, scored)}
     for m in ARM_METRICS:
         _holm_fill([c["metrics"][m] for c in comps.values()])
     return arms, {"baseline_arm": base_arm, "arms": comps}
@@ -414,8 +475,9 @@ def format_compare_table(cmp: dict) -> str:
         shown = ARM_METRICS[:3]
         lines += [
             "",
-            f"Across seeds: mean ± std [95% t-interval]; Δ vs arm **{ac['baseline_arm']}** "
-            "with Welch t-test p.",
+            f"Across seeds: mean ± std [95% t-interval]; Δ vs arm **{ac['baseline_arm']}** with the "
+            "seed-averaged paired bootstrap p and Welch's t across seeds (the study report's test; "
+            "* where both are below 0.05).",
             "",
             *_head(["arm", "runs", *shown]),
         ]
@@ -428,8 +490,10 @@ def format_compare_table(cmp: dict) -> str:
                 cell = f"{_pct(s['mean'])} ± {std}{_ci(s['t_ci95'])}"
                 if comp is not None:
                     w = comp["metrics"][m]
-                    cell += f" (Δ {_spct(w['delta'])}"
-                    cell += f", {_p(w['p_value'])})" if w["p_value"] is not None else ")"
+                    cell += f" (Δ {_spct(w['delta'])}{'*' if significant(w) else ''}"
+                    cell += f", {_p(w['p_value'])}" if w["p_value"] is not None else ""
+                    wp = w["welch"].get("p_value")
+                    cell += f", Welch {_p(wp)})" if wp is not None and w["method"] != "Welch t across seeds" else ")"
                 row.append(cell)
             lines.append(_row(row))
     return "\n".join(lines) + "\n"

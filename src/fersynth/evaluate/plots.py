@@ -18,7 +18,7 @@ from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES
 
 
-def _save(fig: Figure, path) -> Path:
+def save_figure(fig: Figure, path) -> Path:
     path = Path(path)
     FigureCanvasAgg(fig)
     with atomic_open(path, "wb") as fh:
@@ -85,7 +85,7 @@ def plot_confusion(
     ax.set_title(
         title or ("Confusion matrix (row-normalised)" if normalized else "Confusion matrix")
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _class_order(names) -> list[str]:
@@ -113,7 +113,7 @@ def plot_class_distribution(
     ax.set_ylabel("images")
     ax.legend()
     ax.set_title(title or "Class distribution")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class_deltas(
@@ -138,7 +138,7 @@ def plot_per_class_deltas(
     ax.set_yticks(np.arange(len(classes)), classes)
     ax.set_xlabel(xlabel or "delta vs baseline (95% CI)")
     ax.set_title(title or "Per-class change")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _or_nan(t: Sequence, i: int) -> float:

@@ -164,6 +164,13 @@ class ExperimentConfig(_Strict):
             self.control_arm = next((a.name for a in self.arms if get_strategy(a.strategy).control), None)
         elif self.control_arm not in names:
             raise ValueError(f"control_arm '{self.control_arm}' is not an arm")
+        from fersynth.train import resolve_config
+
+        for i, a in enumerate(self.arms):  # every arm's training config, resolved as its stage will
+            try:
+                resolve_config(self.train.preset, overrides={**self.train.set, **a.train})
+            except FersynthError as e:
+                raise ValueError(f"arm '{a.name}' (arms[{i}].train / train.set): {e.message}") from None
         tn = [t.name for t in self.test_sets]
         if len(set(tn)) != len(tn) or "test" in tn:
             raise ValueError("test set names must be unique and not 'test' (the in-domain set)")

@@ -22,11 +22,10 @@ import numpy as np
 from fersynth import __version__
 from fersynth.atomic import atomic_open
 from fersynth.compose import get_strategy
+from fersynth.evaluate.compare import ALPHA, significant
 from fersynth.experiment.config import ExperimentConfig, dump_config
 from fersynth.faults import kill_point
 from fersynth.labels import CLASSES
-
-ALPHA = 0.05
 
 
 # ---------------------------------------------------------------------- blocks
@@ -230,50 +229,16 @@ def _write_csv(rows: list[dict], path: Path) -> None:
                 w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
-def _preds(evals, arm, test_set) -> tuple[np.ndarray, np.ndarray, list] | None:
-    """(labels, (S, N) predictions, seeds) for one arm on one test set, rows in test-set order."""
-    runs = sorted((e for e in evals if e["arm"] == arm and e["test_set"] == test_set), key=lambda e: e["seed"])
-    if not runs:
-        return None
-    P, y, ids = [], None, None
-    for e in runs:
-        pr = [r for r in e["metrics"].get("predictions") or [] if not r.get("excluded")]
-        if not pr:
-            return None
-        yy = np.array([int(r["label"]) for r in pr])
-        ii = [r["id"] for r in pr]
-        if y is None:
-            y, ids = yy, ii
-        elif ii != ids:
-            return None
-        P.append([int(r["pred"]) for r in pr])
-    return y, np.array(P), [e["seed"] for e in runs]
-
-
 def arm_comparison(evals, a: str, b: str, test_set: str, num_classes: int, n_boot: int) -> dict | None:
-    """b minus a: seed-averaged paired image bootstrap plus Welch t across seeds."""
-    from fersynth.evaluate.stats import seed_averaged_paired_bootstrap, welch_t
+    """b minus a on one test set, by `fersynth compare`'s engine (`evaluate.compare.compare_arms`)."""
+    from fersynth.evaluate.compare import compare_arms
 
-    pa, pb = _preds(evals, a, test_set), _preds(evals, b, test_set)
-    if pa is None or pb is None or len(pa[0]) != len(pb[0]) or not np.array_equal(pa[0], pb[0]):
+    ra = [e["metrics"] for e in sorted(evals, key=lambda e: e["seed"]) if e["arm"] == a and e["test_set"] == test_set]
+    rb = [e["metrics"] for e in sorted(evals, key=lambda e: e["seed"]) if e["arm"] == b and e["test_set"] == test_set]
+    if not ra or not rb:
         return None
-    res = seed_averaged_paired_bootstrap(pa[0], pa[1], pb[1], num_classes, n_boot=max(n_boot, 200), seed=0)
-    for m in ("accuracy", "mean_class_accuracy", "macro_f1"):
-        va = [e["metrics"][m] for e in evals if e["arm"] == a and e["test_set"] == test_set]
-        vb = [e["metrics"][m] for e in evals if e["arm"] == b and e["test_set"] == test_set]
-        res[m]["welch"] = welch_t(va, vb)
-    return res
-
-
-def _significant(entry: dict) -> bool:
-    """A delta counts as significant when the image bootstrap and (with >= 2 seeds) Welch's t agree."""
-    p = entry.get("p_value")
-    w = (entry.get("welch") or {}).get("p_value")
-    boot = p is not None and p < ALPHA
-    welch = w is None or w < ALPHA
-    if (entry.get("welch") or {}).get("n_a", 0) >= 2 and w is None:
-        welch = False
-    return boot and welch
+    c = compare_arms(ra, rb, num_classes, n_boot=n_boot, metrics=("accuracy", "mean_class_accuracy", "macro_f1"))
+    return c if c["paired"] else None
 
 
 # ---------------------------------------------------------------------- the report
@@ -332,8 +297,8 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
             if c is None:
                 continue
             m, acc = c["mean_class_accuracy"], c["accuracy"]
-            sig_m = _significant(m) and m["delta"] > 0
-            no_loss = acc["delta"] >= 0 or not _significant(acc)
+            sig_m = significant(m) and m["delta"] > 0
+            no_loss = acc["delta"] >= 0 or not significant(acc)
             verdicts.append(sig_m and no_loss)
             outcome[ref] = c
             lines.append([ref, _pct(m["delta"], True), _ci(m["ci95"], True), _p(m["p_value"]),
@@ -496,15 +461,15 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
             summ = []
             for m in ("accuracy", "mean_class_accuracy", "macro_f1"):
                 e = c[m]
-                mark = " **" if _significant(e) else ""
+                mark = " **" if significant(e) else ""
                 summ.append(f"{m.replace('_', ' ')} {_pct(e['delta'], True)}{mark} {_ci(e['ci95'], True)} "
                             f"(p {_p(e['p_value'])}, Welch {_p(e['welch']['p_value'])})")
             doc.p(f"**{a.name} vs {ref}**: " + "; ".join(summ) + ".")
             trs = []
             for cls, v in c["per_class"].items():
-                trs.append([cls, v["support"], _pct(v["recall"]["delta"], True) + (" **" if _sig_b(v["recall"]) else ""),
+                trs.append([cls, v["support"], _pct(v["recall"]["delta"], True) + (" **" if significant(v["recall"]) else ""),
                             _ci(v["recall"]["ci95"], True), _p(v["recall"]["p_value"]),
-                            _pct(v["f1"]["delta"], True) + (" **" if _sig_b(v["f1"]) else ""),
+                            _pct(v["f1"]["delta"], True) + (" **" if significant(v["f1"]) else ""),
                             _ci(v["f1"]["ci95"], True), _p(v["f1"]["p_value"])])
             doc.table(["class", "support", "Δ recall", "95% CI", "p", "Δ F1", "95% CI", "p"], trs,
                       caption=f"{a.name} minus {ref}, per class (bootstrap)")
@@ -540,9 +505,3 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
         with atomic_open(out / name) as f:
             f.write(text)
     return {"md": out / "report.md", "html": out / "report.html", "csv": out / "results.csv"}
-
-
-def _sig_b(entry: dict) -> bool:
-    p = entry.get("p_value")
-    return p is not None and p < ALPHA
-

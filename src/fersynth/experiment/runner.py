@@ -195,36 +195,10 @@ class Runner:
         key = {"stage": "data/1", "data": d.model_dump(mode="json"), "fingerprint": fingerprint(d.path)}
 
         def fn(out: Path):
-            from fersynth.data.duplicates import leakage_report
-            from fersynth.data.formats import IngestOptions
-            from fersynth.data.ingest import load_any
-            from fersynth.data.profile import profile
-            from fersynth.data.splits import ensure_validation
+            from fersynth.data.profile import study_data
 
-            m, _ = load_any(d.path, d.format, IngestOptions(size=d.size), progress=self.progress)
-            if not (m.df["split"] == "train").any():
-                raise FersynthError(f"{d.path}: no training rows", hint="the data needs a train split")
-            if not (m.df["split"] == "test").any():
-                raise FersynthError(f"{d.path}: no test rows", hint="the data needs a test split to evaluate on")
-            if d.test_subsets:
-                known = set(m.df.loc[m.df["split"] == "test", "subset"])
-                bad = [s for s in d.test_subsets if s not in known]
-                if bad:
-                    raise FersynthError(f"data.test_subsets: '{bad[0]}' is not a test subset",
-                                        hint=f"test subsets: {', '.join(sorted(map(str, known)))}")
-            m, prof = profile(m, quality=d.quality, duplicates=True)
-            prof["leakage"] = leakage_report(m.df)["summary"]
-            # Training rows that share an exact / near-duplicate group with a test row are left out.
-            df = m.df
-            test_groups = set(df.loc[df["split"] == "test", "near_group"]) - {-1}
-            tied = (df["split"] == "train") & df["near_group"].isin(test_groups) & (df["near_group"] >= 0)
-            prof["train_rows_tied_to_test"] = int(tied.sum())
-            m = m.select(~tied.to_numpy())
-            m = ensure_validation(m, d.val_fraction, d.split_seed)
-            prof["split_rows"] = {s: int(n) for s, n in m.df["split"].value_counts().items()}
-            from fersynth.data.profile import class_counts
-
-            prof["split_counts"] = class_counts(m.df.assign(subset=m.df["split"]), m.num_classes)
+            m, prof = study_data(d.path, d.format, d.size, d.test_subsets, d.quality, d.val_fraction, d.split_seed,
+                                 progress=self.progress)
             m.save(out / "manifest")
             (out / "profile.json").write_text(json.dumps(prof, indent=2, default=_json))
             return {"rows": len(m)}

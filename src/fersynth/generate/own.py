@@ -341,9 +341,9 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
         with atomic_open(state_file, "wb") as f:
             torch.save(state, f)
 
-    from fersynth.generate.base import _progress
+    from fersynth.progress import progress_bar
 
-    with _progress(progress) as bar:
+    with progress_bar(progress, rate=True) as bar:
         task = bar.add_task("own: training", total=total, completed=step, unit="step")
         while step < total:
             if perm is None:  # a new epoch (a resumed run continues the saved one)
@@ -618,7 +618,7 @@ class OwnGenerator(Generator):
         return a * eps - s * x0 if v_pred else eps
 
 
-def _item_seed(seed: int, index: int) -> int:
+def item_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
@@ -630,7 +630,7 @@ def plan_sample(classes: list[int], per_class: int, seed: int, mode: str = "samp
     for c in classes:
         for _ in range(per_class):
             i = len(items)
-            items.append(WorkItem(i, c, _item_seed(seed, i), mode, f"class={CLASSES[c]}", params=dict(params or {})))
+            items.append(WorkItem(i, c, item_seed(seed, i), mode, f"class={CLASSES[c]}", params=dict(params or {})))
     return items
 
 
@@ -641,7 +641,7 @@ def plan_expand(source: Manifest, k: int, seed: int, params: dict) -> list[WorkI
     for j, (rid, lab) in enumerate(zip(source.df["id"], source.labels, strict=True)):
         for v in range(k):
             i = len(items)
-            items.append(WorkItem(i, int(lab), _item_seed(seed, i), "expand", f"class={CLASSES[lab]}",
+            items.append(WorkItem(i, int(lab), item_seed(seed, i), "expand", f"class={CLASSES[lab]}",
                                   str(rid), j, dict(params, variant=v)))
     return items
 
@@ -654,7 +654,7 @@ def plan_edit(source: Manifest, targets: list[int] | None, seed: int, params: di
             if c == lab:
                 continue
             i = len(items)
-            items.append(WorkItem(i, int(c), _item_seed(seed, i), "edit", f"edit {CLASSES[lab]} -> {CLASSES[c]}",
+            items.append(WorkItem(i, int(c), item_seed(seed, i), "edit", f"edit {CLASSES[lab]} -> {CLASSES[c]}",
                                   str(rid), j, dict(params, source_label=int(lab))))
     return items
 

@@ -271,12 +271,12 @@ class SdGenerator(Generator):
 def plan_prompts(classes: list[int], per_class: int | None, seed: int, mode: str = "sample", sampling: str = "balanced",
                  attributes: dict | None = None, negative_prompt: str = DEFAULT_NEGATIVE, include_aus: bool = True,
                  params: dict | None = None) -> list[WorkItem]:
-    from fersynth.generate.own import _item_seed
+    from fersynth.generate.own import item_seed
 
     specs: list[PromptSpec] = sample_prompts(classes, per_class, seed, sampling, attributes, negative_prompt, include_aus)
     items = []
     for i, s in enumerate(specs):
-        items.append(WorkItem(i, s.label, _item_seed(seed, i), mode, s.prompt,
+        items.append(WorkItem(i, s.label, item_seed(seed, i), mode, s.prompt,
                               params=dict(params or {}, negative_prompt=s.negative_prompt, attributes=s.attributes,
                                           action_units=s.action_units)))
     return items

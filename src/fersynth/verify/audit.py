@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fersynth.atomic import atomic_path
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES
@@ -186,7 +187,6 @@ def write_outputs(rank: pd.DataFrame, report: dict, out_dir: str | os.PathLike) 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report, out / "audit.json")
-    tmp = out / ".ranking.csv.tmp"
-    rank.to_csv(tmp, index=False)
-    os.replace(tmp, out / "ranking.csv")
+    with atomic_path(out / "ranking.csv") as tmp:
+        rank.to_csv(tmp, index=False)
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fersynth.atomic import atomic_path
 from fersynth.data.manifest import Manifest, exact_hashes
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES, canonical_index
@@ -275,9 +276,8 @@ def write_outputs(verified: Manifest, report: dict, out_dir: str | os.PathLike) 
     verified.save(out)
     write_json_atomic(report, out / "report.json")
     table = pd.DataFrame(report["acceptance"])
-    tmp = out / ".acceptance.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out / "acceptance.csv")
+    with atomic_path(out / "acceptance.csv") as tmp:
+        table.to_csv(tmp, index=False)
     plot_verdict_grid(verified, out / "grid.png")
     return out
 
@@ -286,7 +286,7 @@ def plot_verdict_grid(m: Manifest, path: str | os.PathLike, per_row: int = 10, s
     """A figure with one row of examples per verdict: accepted, relabelled, dropped."""
     from matplotlib.figure import Figure
 
-    from fersynth.evaluate.plots import _save
+    from fersynth.evaluate.plots import save_figure
 
     rng = np.random.default_rng(seed)
     df = m.df
@@ -321,4 +321,4 @@ def plot_verdict_grid(m: Manifest, path: str | os.PathLike, per_row: int = 10, s
                 t = f"{want}\n{df['verify_reason'].iloc[i].replace('_', ' ')}"
             ax.set_title(t, fontsize=6)
     fig.suptitle("verification: accepted / relabelled / dropped", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
