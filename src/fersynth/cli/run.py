@@ -13,6 +13,7 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars (stage li
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("demo")(demo)
+    app.command("schema")(schema)
 
 
 def run(
@@ -44,6 +45,21 @@ def demo(
     cfg, run_dir = prepare_demo(out, steps, sets=set_)
     res = run_experiment(cfg, run_dir, progress=not quiet)
     _finish(res)
+
+
+def schema(out: Path = typer.Option(None, "--out", "-o", help="Write the JSON Schema here instead of printing it.")
+           ) -> None:
+    """JSON Schema of a study YAML, with every registered generator kind and compose strategy (for editors)."""
+    import json
+
+    from fersynth.atomic import write_json_atomic
+    from fersynth.experiment.config import config_schema
+
+    s = config_schema()
+    if out is not None:
+        write_json_atomic(s, out)
+    else:
+        print(json.dumps(s, indent=2))
 
 
 def _finish(res: dict) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -50,7 +49,8 @@ class VerifyPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["vote", "mean"] = "vote"
+    mode: str = Field("vote", description="how experts' probabilities become a keep score: a registered "
+                                          "mode (`KEEP_SCORES`): vote | mean")
     k: int | None = Field(None, ge=1, description="vote mode: experts that must agree (default: a majority)")
     threshold: float = Field(0.5, ge=0, le=1)
     relabel: bool = True
@@ -61,7 +61,9 @@ class VerifyPolicy(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.mode == "mean" and self.k is not None:
+        if self.mode not in KEEP_SCORES:
+            raise ValueError(f"mode '{self.mode}' is not a verification mode (modes: {', '.join(KEEP_SCORES)})")
+        if self.mode != "vote" and self.k is not None:
             raise ValueError("k applies to mode 'vote' only")
         return self
 
@@ -119,25 +121,48 @@ def ensemble_mean(p: np.ndarray, weights: Sequence[float] | None = None) -> np.n
     return np.tensordot(w / w.sum(), p, axes=1).astype(np.float32)
 
 
+KEEP_SCORES: dict[str, object] = {}
+
+
+def register_keep_score(mode: str):
+    """Register `fn(per_expert (E, N, K), intended (N,), policy, weights) -> (N,) keep scores` as a
+    verification mode: an image is kept iff its score >= the policy's (or its class's) threshold."""
+
+    def deco(fn):
+        if mode in KEEP_SCORES:
+            raise ValueError(f"verification mode '{mode}' registered twice")
+        KEEP_SCORES[mode] = fn
+        return fn
+
+    return deco
+
+
+@register_keep_score("mean")
+def _mean_score(p: np.ndarray, y: np.ndarray, policy: VerifyPolicy, weights) -> np.ndarray:
+    """The ensemble's (weighted) mean probability of the intended class."""
+    return ensemble_mean(p, weights)[np.arange(len(y)), y]
+
+
+@register_keep_score("vote")
+def _vote_score(p: np.ndarray, y: np.ndarray, policy: VerifyPolicy, weights) -> np.ndarray:
+    """The k-th largest probability of the intended class among the experts whose argmax it is
+    (-1 when fewer than k experts name it)."""
+    rows = np.arange(len(y))
+    q = np.where(p.argmax(axis=2) == y[None], p[:, rows, y], -1.0)
+    return -np.sort(-q, axis=0)[policy.needed_votes(len(p)) - 1].astype(np.float32)
+
+
 def keep_score(
     per_expert: np.ndarray,
     intended: Sequence[int] | np.ndarray,
     policy: VerifyPolicy | None = None,
     weights: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Per image, the highest threshold at which `policy` would still keep it for its intended class.
-
-    mode "mean": the ensemble's mean probability of the intended class; mode "vote": the k-th
-    largest probability of the intended class among the experts whose argmax it is (-1 when
-    fewer than k experts name it). An image is kept iff keep_score >= threshold.
-    """
+    """Per image, the highest threshold at which `policy` would still keep it for its intended
+    class: the policy's registered mode (`KEEP_SCORES`) applied to the experts' probabilities."""
     policy = policy or VerifyPolicy()
     p, y = _checked(per_expert, intended)
-    rows = np.arange(len(y))
-    if policy.mode == "mean":
-        return ensemble_mean(p, weights)[rows, y]
-    q = np.where(p.argmax(axis=2) == y[None], p[:, rows, y], -1.0)
-    return -np.sort(-q, axis=0)[policy.needed_votes(len(p)) - 1].astype(np.float32)
+    return KEEP_SCORES[policy.mode](p, y, policy, weights)
 
 
 def decide(
