@@ -37,6 +37,9 @@ from fersynth.generate.registry import GenerationSpec, get_generator_entry
 from fersynth.labels import CLASSES
 
 REAL_STAGE = "data"
+# The strategy parameters every arm carried before strategies had their own configs: in the
+# compose key, so that studies from then keep their compose, train and eval stages cached.
+LEGACY_ARM_KEYS = {"generator": None, "n": None, "rho": None, "k": None, "fraction": None}
 
 
 class StageFailed(Exception):
@@ -252,7 +255,8 @@ class Runner:
     def stage_compose(self, arm: ArmConfig, seed: int, pool: tuple[Path, str] | None) -> tuple[Path, str]:
         sid = f"compose-{arm.name}-s{seed}"
         key = {"stage": "compose/1", "data": self.state.keys[REAL_STAGE], "pool": pool[1] if pool else None,
-               "arm": arm.model_dump(mode="json", exclude={"train", "name", "verified"}), "seed": seed}
+               "arm": {**LEGACY_ARM_KEYS, **arm.model_dump(mode="json", exclude={"train", "name", "verified"})},
+               "seed": seed}
 
         def fn(out: Path):
             from fersynth.compose import compose
