@@ -118,6 +118,8 @@ def test_ray_backend_writes_the_local_results(runs):
     assert imgs and all((a / "stages/gen-own-images" / p).read_bytes() == (b / "stages/gen-own-images" / p).read_bytes()
                         for p in imgs)
     assert not (b / "run.lock").exists()
+    tasks = json.loads((b / "ray.json").read_text())["tasks"]  # what ran where
+    assert {t["job"] for t in tasks} >= {"data", "model:own", "images:own", "verify:own", "train:baseline:0"}
 
 
 def test_rerun_on_ray_is_all_cache_hits_and_local_rerun_too(runs):
@@ -148,6 +150,28 @@ def test_a_worker_killed_mid_training_is_retried_to_the_same_results(runs):
         a, b = (json.loads((d / rel).read_text())["history"] for d in (out, root / "local"))
         assert [{k: v for k, v in e.items() if k != "seconds"} for e in a] == \
                [{k: v for k, v in e.items() if k != "seconds"} for e in b], rel
+
+
+def test_a_task_out_of_retries_fails_its_stage_and_a_rerun_finishes_the_study(runs):
+    """With no retries, the killed training is a failed stage, reported as the local runner reports a
+    failure (its arm, and the arms that need it, not run); rerunning the same command resumes it."""
+    root, config, _, _ = runs
+    out, marker = root / "noretry", root / "noretry.marker"
+    p = fersynth("run", str(config), "--out", str(out), "-q", "--backend", "ray", "--num-cpus", "2",
+                 "--max-retries", "0", env_extra={ENV: "train-epoch:1", ONCE_ENV: str(marker)})
+    state = json.loads((out / "state.json").read_text())
+    assert marker.exists()
+    failed = {k: v for k, v in state["failed"].items() if not k.startswith("gen-sdx")}
+    assert len(failed) == 1, state["failed"]
+    (stage, reason), = failed.items()
+    assert stage.startswith("train-") and reason.startswith("Ray task train:") and "died" in reason.lower(), reason
+    arm = stage.removeprefix("train-").rsplit("-s", 1)[0]
+    assert arm in state["not_run"] and stage in state["not_run"][arm]
+    assert p.returncode == 0 or "no arm could run" in p.stderr
+    again = fersynth("run", str(config), "--out", str(out), "-q", "--backend", "ray", "--num-cpus", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resume      {stage} " in (out / "run.log").read_text()
+    assert results_without_timings(out / "results.csv") == results_without_timings(root / "local" / "results.csv")
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

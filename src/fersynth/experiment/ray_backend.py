@@ -402,6 +402,12 @@ def run_on_ray(cfg: ExperimentConfig, out: str | os.PathLike | None = None, prog
             if started:
                 ray.shutdown()
     ray_seconds = time.perf_counter() - t0
+    from fersynth.atomic import write_json_atomic
+
+    # What ran where and when (node, pid, submitted / started / finished), for the record and the benchmark.
+    write_json_atomic({"seconds": round(ray_seconds, 3), "cluster": cluster, "options": {
+        "address": opts.address, "num_cpus": opts.num_cpus, "max_retries": opts.max_retries, "resources": res},
+        "tasks": tasks}, driver.out / "ray.json")
     # The final pass: the local runner over the same folder; every stage is a cache hit (or a failure
     # recorded above), and it writes the state, results.csv and the report.
     ran = {sid for t in tasks for sid in t.get("ran", [])}
@@ -447,11 +453,14 @@ def _drive(ray, cfg, out: str, opts: RayOptions, res: dict, log) -> tuple[list[d
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             reason = f"Ray task {name} failed: {type(e).__name__}: {first}"
             sid = next((s for s in owned if not (Path(out) / "stages" / s / "done.json").is_file()), None)
-            if sid:
-                failed[sid] = reason
-            state[name] = "failed"
             rec.update(error=reason)
-            log(f"ray failed  {name}: {reason}")
+            if sid:  # the stage it was in is failed; the final pass reports it, and what needs it, as not run
+                failed[sid] = reason
+                state[name] = "failed"
+                log(f"ray failed  {name}: {reason}")
+            else:  # every stage it owns had finished: what depends on it can go on
+                state[name] = "ok"
+                log(f"ray error   {name} after its stages finished: {reason}")
         else:
             failed.update(r["failed"])
             state[name] = "failed" if r["stopped"] else "ok"
