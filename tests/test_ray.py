@@ -152,15 +152,26 @@ def test_a_worker_killed_mid_training_is_retried_to_the_same_results(runs):
                [{k: v for k, v in e.items() if k != "seconds"} for e in b], rel
 
 
-def test_a_task_out_of_retries_fails_its_stage_and_a_rerun_finishes_the_study(runs):
-    """With no retries, the killed training is a failed stage, reported as the local runner reports a
-    failure (its arm, and the arms that need it, not run); rerunning the same command resumes it."""
+def test_on_a_running_cluster_a_task_out_of_retries_fails_its_stage_and_a_local_rerun_finishes(runs, monkeypatch):
+    """`--address` of a running cluster (started here). With no retries, the killed training is a failed
+    stage, reported as the local runner reports a failure (its arm, and the arms that need it, not run);
+    the same command with the local backend then resumes that training and finishes the study."""
+    ray = pytest.importorskip("ray")
     root, config, _, _ = runs
     out, marker = root / "noretry", root / "noretry.marker"
-    p = fersynth("run", str(config), "--out", str(out), "-q", "--backend", "ray", "--num-cpus", "2",
-                 "--max-retries", "0", env_extra={ENV: "train-epoch:1", ONCE_ENV: str(marker)})
+    kill = {ENV: "train-epoch:1", ONCE_ENV: str(marker), "RAY_AUTH_MODE": "disabled"}
+    for k, v in kill.items():  # the cluster's workers inherit them
+        monkeypatch.setenv(k, v)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        p = fersynth("run", str(config), "--out", str(out), "-q", "--backend", "ray", "--address", address,
+                     "--max-retries", "0", env_extra=kill)
+    finally:
+        ray.shutdown()
     state = json.loads((out / "state.json").read_text())
     assert marker.exists()
+    assert f"connected to {address}" in (out / "run.log").read_text()
     failed = {k: v for k, v in state["failed"].items() if not k.startswith("gen-sdx")}
     assert len(failed) == 1, state["failed"]
     (stage, reason), = failed.items()
@@ -168,7 +179,7 @@ def test_a_task_out_of_retries_fails_its_stage_and_a_rerun_finishes_the_study(ru
     arm = stage.removeprefix("train-").rsplit("-s", 1)[0]
     assert arm in state["not_run"] and stage in state["not_run"][arm]
     assert p.returncode == 0 or "no arm could run" in p.stderr
-    again = fersynth("run", str(config), "--out", str(out), "-q", "--backend", "ray", "--num-cpus", "2")
+    again = fersynth("run", str(config), "--out", str(out), "-q")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resume      {stage} " in (out / "run.log").read_text()
     assert results_without_timings(out / "results.csv") == results_without_timings(root / "local" / "results.csv")
@@ -192,9 +203,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert "unknown kind 'trian'" in one_line("--backend", "ray", "--resources", "trian.num_cpus=1")
     assert "not a valid num_cpus" in one_line("--backend", "ray", "--resources", "train.num_cpus=-1")
     assert "concurrency is a field of 'generate'" in one_line("--backend", "ray", "--resources", "train.concurrency=2")
+    assert "no node of the cluster has that much GPU" in one_line("--backend", "ray", "--num-cpus", "1", "--resources",
+                                                                  "train.num_gpus=1")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     assert "needs Ray, which is not installed" in one_line("--backend", "ray")
-    assert not (root / "bad" / "stages").exists()  # nothing ran
+    assert not list((root / "bad").glob("stages/*"))  # nothing ran
 
 
 def test_ray_data_generation_writes_the_plain_writers_files(tmp_path):

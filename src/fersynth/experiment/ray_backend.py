@@ -173,7 +173,10 @@ def connect(opts: RayOptions):
     ray = import_ray()
     if ray.is_initialized():
         return ray, False
-    kwargs = {"log_to_driver": False, "include_dashboard": False}
+    import logging
+
+    # Ray's own start-up lines stay in its logs (/tmp/ray); the driver prints one line about the cluster.
+    kwargs = {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.ERROR}
     if opts.address:
         _check_reachable(opts.address)
         kwargs.pop("include_dashboard")
@@ -397,6 +400,7 @@ def run_on_ray(cfg: ExperimentConfig, out: str | os.PathLike | None = None, prog
             driver.log(f"ray {ray.__version__}: {'connected to ' + opts.address if opts.address else 'local instance'}"
                        f", {cluster.get('CPU', 0):g} CPU, {cluster.get('GPU', 0):g} GPU, "
                        f"{len(ray.nodes())} node(s)")
+            _check_fits(ray, cfg, opts, driver.log)
             tasks, failed = _drive(ray, cfg, str(driver.out.resolve()), opts, res, driver.log)
         finally:
             if started:
@@ -416,6 +420,25 @@ def run_on_ray(cfg: ExperimentConfig, out: str | os.PathLike | None = None, prog
     result["backend"] = "ray"
     result["ray"] = {"seconds": round(ray_seconds, 3), "tasks": tasks, "cluster": cluster}
     return result
+
+
+def _check_fits(ray, cfg: ExperimentConfig, opts: RayOptions, log) -> None:
+    """A request no node can grant would wait forever: one clear line on a local instance, a warning on a
+    cluster (whose autoscaler may yet add such a node)."""
+    kinds = {job[0] for job, _, _ in build_graph(cfg).values()}
+    if opts.ray_data and "images" in kinds:
+        kinds.add("generate")
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for kind in sorted(kinds):
+        r = opts.resources[kind]
+        for what, need in (("CPU", r.num_cpus), ("GPU", r.num_gpus), ("memory", r.memory or 0)):
+            have = max((n.get(what, 0) for n in nodes), default=0)
+            if need > have:
+                field_ = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}[what]
+                msg = f"--resources {kind}.{field_}={need:g}: no node of the cluster has that much {what} (largest: {have:g})"
+                if not opts.address:
+                    raise FersynthError(msg, hint="ask for less, or --num-cpus for a larger local instance")
+                log(f"warning     {msg}; its tasks wait until the cluster has such a node")
 
 
 def _drive(ray, cfg, out: str, opts: RayOptions, res: dict, log) -> tuple[list[dict], dict[str, str]]:
