@@ -89,11 +89,13 @@ def runs(tmp_path_factory):
     return root, config, local, on_ray
 
 
+@pytest.mark.slow
 def test_local_backend_does_not_import_ray(runs):
     _, _, local, _ = runs
     assert local.stdout.strip().splitlines()[-1] == "NO_RAY"
 
 
+@pytest.mark.slow
 def test_ray_backend_writes_the_local_results(runs):
     root, _, _, on_ray = runs
     a, b = root / "local", root / "ray"
@@ -122,6 +124,7 @@ def test_ray_backend_writes_the_local_results(runs):
     assert {t["job"] for t in tasks} >= {"data", "model:own", "images:own", "verify:own", "train:baseline:0"}
 
 
+@pytest.mark.slow
 def test_rerun_on_ray_is_all_cache_hits_and_local_rerun_too(runs):
     root, config, _, _ = runs
     again = fersynth("run", str(config), "--out", str(root / "ray"), "-q", "--backend", "ray", "--num-cpus", "2")
@@ -133,6 +136,7 @@ def test_rerun_on_ray_is_all_cache_hits_and_local_rerun_too(runs):
     assert json.loads((root / "ray" / "state.json").read_text())["ran"] == []
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_training_is_retried_to_the_same_results(runs):
     root, config, _, _ = runs
     out, marker = root / "killed", root / "killed.marker"
@@ -152,6 +156,7 @@ def test_a_worker_killed_mid_training_is_retried_to_the_same_results(runs):
                [{k: v for k, v in e.items() if k != "seconds"} for e in b], rel
 
 
+@pytest.mark.slow
 def test_on_a_running_cluster_a_task_out_of_retries_fails_its_stage_and_a_local_rerun_finishes(runs, monkeypatch):
     """`--address` of a running cluster (started here). With no retries, the killed training is a failed
     stage, reported as the local runner reports a failure (its arm, and the arms that need it, not run);

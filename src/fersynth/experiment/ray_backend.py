@@ -25,6 +25,7 @@ Ray is imported only here, and only when the Ray backend is asked for.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import re
@@ -361,8 +362,6 @@ def execute(cfg: ExperimentConfig, out: str, job: tuple, failed: dict[str, str],
     stage_seconds = {}
     for sid in r.cache.ran:
         try:
-            import json
-
             stage_seconds[sid] = json.loads((r.cache.path(sid) / "done.json").read_text()).get("seconds")
         except (OSError, ValueError):
             stage_seconds[sid] = None
