@@ -24,7 +24,7 @@ def run(
     backend: str = typer.Option("local", "--backend", help="local (in this process) or ray (stages as Ray tasks, "
                                                             "generation on a Ray Data actor pool)."),
     address: str = typer.Option(None, "--address", help="ray: an existing cluster (HOST:PORT, ray://HOST:PORT or "
-                                                         "auto); default: start a local Ray instance."),
+                                                         "auto; default: $RAY_ADDRESS, else start a local Ray instance)."),
     num_cpus: float = typer.Option(None, "--num-cpus", help="ray: CPUs of the local instance (default: all cores)."),
     resources: list[str] = typer.Option(None, "--resources", help="ray: KIND.FIELD=VALUE per task kind (data, "
                                         "test_set, gen_model, images, generate, verify, train, eval; fields num_cpus, "

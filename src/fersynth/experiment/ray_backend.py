@@ -382,6 +382,8 @@ def run_on_ray(cfg: ExperimentConfig, out: str | os.PathLike | None = None, prog
     from fersynth.experiment.runner import Runner
 
     opts = options or RayOptions()
+    if not opts.address and os.environ.get("RAY_ADDRESS"):  # Ray's own way to name the cluster to join
+        opts.address = os.environ["RAY_ADDRESS"]
     import_ray()  # a missing Ray or an address nobody answers on: one clear line before anything is written
     if opts.address:
         _check_reachable(opts.address)
