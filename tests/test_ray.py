@@ -254,3 +254,31 @@ def test_ray_data_generation_writes_the_plain_writers_files(tmp_path):
         a = (tmp_path / "plain" / f).read_bytes().replace(str(tmp_path / "plain").encode(), b"ROOT")
         assert a == (tmp_path / "ray" / f).read_bytes().replace(str(tmp_path / "ray").encode(), b"ROOT"), f
     assert not list((tmp_path / "ray").rglob("*.rows.jsonl"))
+
+
+def test_resources_per_kind():
+    from fersynth.experiment.ray_backend import ray_options
+
+    o = ray_options(resources=["*.num_cpus=0.5", "*.threads=1", "train.num_gpus=1", "train.memory=2G",
+                               "generate.concurrency=3"])
+    r = o.resources
+    assert r["train"].remote_args() == {"num_cpus": 0.5, "num_gpus": 1.0, "memory": 2 * 1024**3}
+    assert r["eval"].remote_args() == {"num_cpus": 0.5} and r["eval"].thread_count() == 1
+    assert r["images"].num_cpus == 0  # `*` leaves the image task's share alone: its actors need it
+    assert r["generate"].concurrency == 3 and ray_options().resources["train"].thread_count() == 1
+
+
+def test_graph_order_and_dependencies(tmp_path):
+    from fersynth.experiment import config_from_dict
+    from fersynth.experiment.ray_backend import build_graph
+
+    cfg = config_from_dict(yaml.safe_load(study(tmp_path).read_text()))
+    g = build_graph(cfg)
+    names = list(g)
+    for n, (_, deps, _) in g.items():  # every job comes after what it needs
+        assert all(names.index(d) < names.index(n) for d in deps), n
+    assert g["verify:own"][1] == ["images:own", "train:baseline:0"]  # verification by the baseline's first seed
+    assert g["images:own"][1] == ["data", "model:own"] and g["train:oversample:1"][1] == ["data"]
+    assert g["train:own-append:0"][1] == ["data", "verify:own"]
+    assert g["eval:own-append:1:cross"][1] == ["train:own-append:1", "test:cross"]
+    assert "model:sdx" not in g and g["images:sdx"][2] == ["gen-sdx-images"]

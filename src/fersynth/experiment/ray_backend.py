@@ -95,7 +95,10 @@ class RayOptions:
                                 hint="e.g. --resources train.num_gpus=1 --resources '*.num_cpus=0.5'")
         lhs, value = (s.strip() for s in spec.split("=", 1))
         kind, _, name = lhs.rpartition(".")
-        kinds = list(KINDS) if kind in ("", "*") else [kind]
+        # `*` leaves the image task's CPUs, GPUs and memory alone: it waits for its actor pool, and a share of
+        # the node held by it while it waits is a share its actors cannot have (on a small node: none at all)
+        kinds = [k for k in KINDS if k != "images" or name in ("threads", "concurrency")] if kind in ("", "*") \
+            else [kind]
         if kinds[0] not in KINDS:
             raise FersynthError(f"--resources {lhs}: unknown kind '{kind}'", hint=f"kinds: {', '.join(KINDS)}")
         if name not in FIELDS:
