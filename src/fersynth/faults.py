@@ -2,7 +2,10 @@
 
 A process started with `FERSYNTH_KILL_AT=POINT[:N]` sends itself SIGKILL the N-th time (default
 the first) it reaches `kill_point(POINT)`. Without the variable a point does nothing, so results
-do not depend on it. The points, in the order a study meets them:
+do not depend on it. With `FERSYNTH_KILL_ONCE=MARKER` as well, the kill happens once across
+processes: the process about to die creates the file MARKER first, and a process that finds it
+there lives on (a Ray task retried in a fresh worker is not killed again). The points, in the
+order a study meets them:
 
     own-train-step   after an optimiser step of the own generator's training
     generate-batch   after a batch of generated images and its rows are on disk, mid-shard
@@ -18,6 +21,7 @@ import signal
 from collections import Counter
 
 ENV = "FERSYNTH_KILL_AT"
+ONCE_ENV = "FERSYNTH_KILL_ONCE"
 POINTS = ("own-train-step", "generate-batch", "train-epoch", "eval-outputs", "report-csv")
 _hits: Counter = Counter()
 
@@ -31,4 +35,10 @@ def kill_point(name: str) -> None:
         return
     _hits[name] += 1
     if _hits[name] == int(nth or 1):
+        marker = os.environ.get(ONCE_ENV)
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
