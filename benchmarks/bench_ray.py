@@ -190,7 +190,7 @@ def main() -> None:
             "local_setup": "one process, torch's default threads (all cores)",
             "results_csv_identical_timings_aside": results_without_timings(work / "local" / "results.csv")
             == results_without_timings(work / "ray" / "results.csv"),
-            "stages_run_on_ray": len(json.loads((work / "ray" / "state.json").read_text())["ran"])}
+            "stages_left_to_the_final_local_pass": len(json.loads((work / "ray" / "state.json").read_text())["ran"])}
         result["scheduling"] = {**ov, "empty_task_roundtrip_ms": round(rt * 1000, 2)}
         print(json.dumps(result, indent=2), flush=True)
     result["generation"] = generation(work / "local" / "stages" / "gen-own-model" / "weights", work / "gen",
