@@ -182,6 +182,10 @@ def test_verify_columns_report_and_outputs(synth, tmp_path):
     assert table[CLASSES[9 // 4]]["dropped"] == 1
     assert table["total"]["intended"] == 28 and table["total"]["after"] == 27
     assert rep["expert_agreement"]["a"] == pytest.approx(26 / 28)
+    # per intended class: the two misread images are both angry (4 images), every other class is read right
+    assert rep["expert_agreement_per_class"]["a"]["angry"] == pytest.approx(2 / 4)
+    assert rep["expert_agreement_per_class"]["a"]["happy"] == 1.0
+    assert rep["ensemble_agreement_per_class"]["angry"] == pytest.approx(2 / 4)
     # What was written reads back.
     back = Manifest.load(tmp_path / "v")
     assert back.df["verdict"].tolist() == v

@@ -227,6 +227,8 @@ def verify(
         # SynFER's "FER accuracy of generated images": how often each expert names the intended class.
         "expert_agreement": {n: float((per[j].argmax(1) == intended).mean()) for j, n in enumerate(names)},
         "ensemble_agreement": float((d.mean_probs.argmax(1) == intended).mean()),
+        "expert_agreement_per_class": {n: _per_class_agreement(per[j], intended, k) for j, n in enumerate(names)},
+        "ensemble_agreement_per_class": _per_class_agreement(d.mean_probs, intended, k),
         "test_reference": ref_info,
         "real_check": real_check,
     }
@@ -237,6 +239,13 @@ def verify(
     if out_dir is not None:
         write_outputs(verified, report, out_dir)
     return verified, report
+
+
+def _per_class_agreement(probs: np.ndarray, intended: np.ndarray, k: int) -> dict[str, float]:
+    """Share of each intended class's images that `probs` assigns to that class (classes with images only)."""
+    hit = probs.argmax(1) == intended
+    return {CLASSES[c] if c < len(CLASSES) else str(c): float(hit[intended == c].mean())
+            for c in range(k) if (intended == c).any()}
 
 
 def acceptance_table(df: pd.DataFrame, num_classes: int | None = None) -> pd.DataFrame:
