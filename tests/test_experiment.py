@@ -66,6 +66,13 @@ def test_run_writes_report_csv_and_config(first_run):
                     "## Results on the in-domain test set", "Per-class precision", "## Resolved config"):
         assert section in md
     assert "Best synthetic arm by validation mean class accuracy: **own-append**" in md  # the only one here;
+    # per class, what the synthetic images were and did; own-append adds 2 of each class
+    why = md.split("### Per class: ", 1)[1].split("\n## ", 1)[0]
+    rows_why = {ln.split("|")[1].strip(): [x.strip() for x in ln.split("|")[2:-1]]
+                for ln in why.splitlines() if ln.startswith("| ") and not ln.startswith("| class")}
+    assert set(rows_why) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert all(r[1] == "2" for r in rows_why.values())  # synthetic added
+    assert "real labels kept %" in md and "shuffled labels kept %" in md  # the verifier on real validation images
     # the choice between two is checked in test_an_unverified_arm_draws_from_the_raw_images
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "<table>" in page

@@ -242,6 +242,66 @@ def arm_comparison(evals, a: str, b: str, test_set: str, num_classes: int, n_boo
 
 
 # ---------------------------------------------------------------------- the report
+def _verify_report(cfg: ExperimentConfig, gen_state: dict | None) -> dict | None:
+    if not cfg.verify.enabled or not gen_state or "pool" not in gen_state:
+        return None
+    vf = Path(gen_state["pool"]).parent / "verify.json"
+    return json.loads(vf.read_text()) if vf.is_file() else None
+
+
+def _mean(vals) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], best, outcome: dict,
+                   classes: list[str], base: str, ctrl: str | None, goal: bool) -> None:
+    """Per class, what the best synthetic arm's images were and what they did to test recall."""
+    comp = state.composes.get((best.name, cfg.seeds[0])) or {}
+    added = comp.get("synthetic_added") or {}
+    real_rows = state.composes.get((base, cfg.seeds[0]), {}).get("train_counts") or {}
+    v = _verify_report(cfg, state.generators.get(best.generator)) if best.verified else None
+    acc = {r["class"]: r for r in (v or {}).get("acceptance", [])}
+    agree = (v or {}).get("ensemble_agreement_per_class") or {}
+
+    def recall(arm, c):
+        return _mean([e["metrics"]["per_class"].get(c, {}).get("recall") for e in evals
+                      if e["arm"] == arm and e["test_set"] == "test"])
+
+    doc.h(3, "Per class: " + ("where the gain comes from" if goal else "why"))
+    hdr = ["class", "real train rows", "synthetic added", "experts name the class %", "verifier kept %",
+           f"recall {base} %"] + ([f"recall {ctrl} %"] if ctrl in outcome else []) + [f"recall {best.name} %",
+                                                                                       "reading"]
+    trs = []
+    for c in classes:
+        n_add = int(added.get(c, 0) or 0)
+        a = acc.get(c, {})
+        ag = agree.get(c)
+        db = (outcome.get(base) or {}).get("per_class", {}).get(c, {}).get("recall")
+        dc = (outcome.get(ctrl) or {}).get("per_class", {}).get(c, {}).get("recall") if ctrl else None
+        if n_add == 0:
+            why = "nothing added"
+            if a.get("intended"):
+                why += f": the verifier kept 0 of {a['intended']}"
+        elif db and significant(db) and db["delta"] > 0:
+            why = f"recall up {_pct(db['delta'], True)} pts on the baseline"
+            if dc and dc["delta"] < 0:
+                why += f", but {_pct(-dc['delta'])} pts below the control" + (" (significant)" if significant(dc) else "")
+        elif db and significant(db) and db["delta"] < 0:
+            why = f"recall down {_pct(db['delta'], True)} pts on the baseline"
+        elif ag is not None and ag < 0.5:
+            why = f"recall unchanged: the experts name the class in only {_pct(ag)}% of its generated images"
+        else:
+            why = f"recall unchanged: {n_add} images beside {real_rows.get(c, '?')} real ones change little"
+        row = [c, real_rows.get(c, "–"), n_add, _pct(ag), _pct(a.get("accepted_share")), _pct(recall(base, c))]
+        if ctrl in outcome:
+            row.append(_pct(recall(ctrl, c)))
+        trs.append(row + [_pct(recall(best.name, c)), why])
+    doc.table(hdr, trs, caption=f"{best.name}: its synthetic images per class (seed {cfg.seeds[0]}'s training set) "
+                                "and test recall, mean over seeds; 'experts name the class' is the share of the "
+                                "class's generated images the expert ensemble assigns to it (before verification)")
+
+
 def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: float) -> dict:
     from fersynth.evaluate.plots import (
         plot_class_distribution,
@@ -316,6 +376,7 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
               "**Goal not met**: the best synthetic arm does not beat "
               + ("both the baseline and the rebalancing control" if ctrl else "the baseline")
               + " on mean class accuracy by a significant margin without losing accuracy (see the table).")
+        _why_per_class(doc, cfg, state, evals, best, outcome, classes, base, ctrl, goal)
 
     # ---- data
     doc.h(2, "Dataset")
@@ -366,9 +427,8 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
         grid = Path(st["images"]) / "grid.png"
         if grid.is_file():
             doc.fig(grid, f"{name}: 10 samples per class (rows in class order: {', '.join(classes)})")
-        vf = Path(st["pool"]).parent / "verify.json"
-        if cfg.verify.enabled and vf.is_file():
-            v = json.loads(vf.read_text())
+        v = _verify_report(cfg, st)
+        if v:
             acc_rows = []
             for r in v.get("acceptance", []):
                 if not r.get("intended") and r.get("class") != "total":
@@ -384,6 +444,19 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
                 doc.p("FER accuracy of the generated images (share of images each expert assigns to the intended "
                       "class): " + ", ".join(f"{n} {_pct(a)}%" for n, a in ag.items())
                       + f"; ensemble {_pct(v.get('ensemble_agreement'))}%.")
+            rc = v.get("real_check") or {}
+            checks = [(n, rc[n]) for n in ("uncalibrated", "calibrated") if rc.get(n)]
+            if checks:
+                hdr = ["verifier on real validation images"] + classes + ["overall"]
+                trs = []
+                for n, r in checks:
+                    trs.append([f"{n}: real labels kept %"] + [_pct(r["real_keep_rate"].get(c)) for c in classes]
+                               + [_pct(r["real_keep_rate"].get("overall"))])
+                    trs.append([f"{n}: shuffled labels kept %"] + [_pct(r["shuffled_keep_rate"].get(c)) for c in classes]
+                               + [_pct(r["shuffled_keep_rate"].get("overall"))])
+                doc.table(hdr, trs, caption=f"The same policy on the {rc.get('check_rows')} validation images the "
+                                            f"calibration ({rc.get('method')}) was not fit on: a trustworthy verifier "
+                                            "keeps most real images of every class and few with shuffled labels")
 
     # ---- training sets
     doc.h(2, "Training sets")
