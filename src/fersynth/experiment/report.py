@@ -279,6 +279,8 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
         n_add = int(added.get(c, 0) or 0)
         a = acc.get(c, {})
         ag = agree.get(c)
+        # the best single expert's recognition (uncalibrated), else the ensemble's
+        seen = max([e[c] for e in each.values() if e.get(c) is not None], default=ag)
         db = (outcome.get(base) or {}).get("per_class", {}).get(c, {}).get("recall")
         dc = (outcome.get(ctrl) or {}).get("per_class", {}).get(c, {}).get("recall") if ctrl else None
         if n_add == 0:
@@ -291,8 +293,8 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
                 why += f", but {_pct(-dc['delta'])} pts below the control" + (" (significant)" if significant(dc) else "")
         elif db and significant(db) and db["delta"] < 0:
             why = f"recall down {_pct(db['delta'], True)} pts on the baseline"
-        elif ag is not None and ag < 0.5:
-            why = f"recall unchanged: the experts name the class in only {_pct(ag)}% of its generated images"
+        elif seen is not None and seen < 0.5:
+            why = f"recall unchanged: no expert names the class in more than {_pct(seen)}% of its generated images"
         else:
             why = f"recall unchanged: {n_add} images beside {real_rows.get(c, '?')} real ones change little"
         row = [c, real_rows.get(c, "–"), n_add, _pct(ag), " / ".join(_pct(e.get(c)) for e in each.values()) or "–",
