@@ -33,7 +33,6 @@ from fersynth.experiment.runner import Runner
 from fersynth.labels import CLASSES
 from fersynth.verify.calibrate import METHODS, CalibrationConfig, calibrate_and_check
 from fersynth.verify.experts import load_expert
-from fersynth.verify.policy import VerifyPolicy
 from fersynth.verify.run import check_class_sets, expert_names, expert_probabilities
 from machine import machine
 
@@ -76,7 +75,7 @@ def main() -> None:
     specs = [str(base_dir) if e == "baseline" else e for e in full.verify.experts]
     experts = [load_expert(s) for s in specs]
     names = expert_names(experts)
-    policy = VerifyPolicy(**full.verify.policy)
+    policy = full.verify.policy  # typed at load (a VerifyPolicy)
     val = runner.real.where(split="val")
     y = val.df["label"].to_numpy(dtype=np.int64)
     k = check_class_sets(experts, y, "real validation labels")
