@@ -137,6 +137,41 @@ def _progress(enabled: bool):
     return progress_bar(enabled, rate=True)
 
 
+def open_run(generator, items: list[WorkItem], out_dir, *, settings: dict | None, domain, dataset: str,
+             shard_size: int, batch_size: int, write: bool = True) -> tuple[Path, dict]:
+    """Check a generation plan and its folder: a new folder gets run.json (when `write`); one that
+    holds a run with other settings is refused, so that resuming never mixes two plans."""
+    if not items:
+        raise FersynthError("nothing to generate", hint="check --per-class / --k / the source images")
+    if shard_size < 1 or batch_size < 1:
+        raise FersynthError("--shard-size and --batch-size must be >= 1")
+    out = Path(out_dir)
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    run = {
+        "generator": generator.name,
+        "model": generator.model_id,
+        "settings": settings or {},
+        "domain": domain.to_dict() if domain else None,
+        "dataset": dataset,
+        "items": len(items),
+        "shard_size": shard_size,
+        "plan_digest": digest([it.key() for it in items]),
+    }
+    run_file = out / "run.json"
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        keys = ("generator", "model", "domain", "items", "shard_size", "plan_digest")
+        diff = [k for k in keys if old.get(k) != run[k]]
+        if diff:
+            raise FersynthError(
+                f"{out} holds a generation run with other settings ({', '.join(diff)} differ)",
+                hint="choose a new --out, or repeat the original command to resume it",
+            )
+    elif write:
+        write_json_atomic(run, run_file)
+    return out, run
+
+
 def run_generation(
     generator: Generator,
     items: list[WorkItem],
@@ -157,37 +192,11 @@ def run_generation(
     Returns the summary: counts, dropped images, the merged manifest path (None when other
     processes still hold unfinished shards).
     """
-    if not items:
-        raise FersynthError("nothing to generate", hint="check --per-class / --k / the source images")
-    if shard_size < 1 or batch_size < 1:
-        raise FersynthError("--shard-size and --batch-size must be >= 1")
     state = None
     if rank is None or world_size is None:
         rank, world_size, state = process_split()
-    out = Path(out_dir)
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    run = {
-        "generator": generator.name,
-        "model": generator.model_id,
-        "settings": settings or {},
-        "domain": domain.to_dict() if domain else None,
-        "dataset": dataset,
-        "items": len(items),
-        "shard_size": shard_size,
-        "plan_digest": digest([it.key() for it in items]),
-    }
-    run_file = out / "run.json"
-    if run_file.is_file():
-        old = json.loads(run_file.read_text())
-        keys = ("generator", "model", "domain", "items", "shard_size", "plan_digest")
-        if any(old.get(k) != run[k] for k in keys):
-            diff = [k for k in keys if old.get(k) != run[k]]
-            raise FersynthError(
-                f"{out} holds a generation run with other settings ({', '.join(diff)} differ)",
-                hint="choose a new --out, or repeat the original command to resume it",
-            )
-    elif rank == 0:
-        write_json_atomic(run, run_file)
+    out, run = open_run(generator, items, out_dir, settings=settings, domain=domain, dataset=dataset,
+                        shard_size=shard_size, batch_size=batch_size, write=rank == 0)
 
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     mine = [k for k in range(len(shards)) if k % world_size == rank]

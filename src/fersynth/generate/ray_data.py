@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fersynth.atomic import digest, write_json_atomic
-from fersynth.errors import FersynthError
+from fersynth.atomic import write_json_atomic
 from fersynth.generate.base import (
     MERGED,
     SHARDS,
@@ -35,6 +34,7 @@ from fersynth.generate.base import (
     _run_shard,
     _shard_done,
     merge_shards,
+    open_run,
     shard_name,
 )
 
@@ -94,34 +94,8 @@ def run_generation_ray(
     (the pool replaces torchrun's split)."""
     import ray
 
-    if not items:
-        raise FersynthError("nothing to generate", hint="check --per-class / --k / the source images")
-    if shard_size < 1 or batch_size < 1:
-        raise FersynthError("--shard-size and --batch-size must be >= 1")
-    out = Path(out_dir)
-    (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    run = {
-        "generator": generator.name,
-        "model": generator.model_id,
-        "settings": settings or {},
-        "domain": domain.to_dict() if domain else None,
-        "dataset": dataset,
-        "items": len(items),
-        "shard_size": shard_size,
-        "plan_digest": digest([it.key() for it in items]),
-    }
-    run_file = out / "run.json"
-    if run_file.is_file():
-        old = json.loads(run_file.read_text())
-        keys = ("generator", "model", "domain", "items", "shard_size", "plan_digest")
-        if any(old.get(k) != run[k] for k in keys):
-            diff = [k for k in keys if old.get(k) != run[k]]
-            raise FersynthError(
-                f"{out} holds a generation run with other settings ({', '.join(diff)} differ)",
-                hint="choose a new --out, or repeat the original command to resume it",
-            )
-    else:
-        write_json_atomic(run, run_file)
+    out, run = open_run(generator, items, out_dir, settings=settings, domain=domain, dataset=dataset,
+                        shard_size=shard_size, batch_size=batch_size)
 
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
     todo = [k for k in range(len(shards)) if not _shard_done(out / SHARDS / shard_name(k))]
