@@ -6,6 +6,8 @@
         --out benchmarks/results/own_generator_fer2013_preset.json     # the named recipe (120 min)
     python benchmarks/bench_own_generator.py --preset fer2013-cpu --mode edit --strength 0.6 \
         --out benchmarks/results/own_generator_fer2013_edit06.json     # edit real faces of other classes
+    python benchmarks/bench_own_generator.py --family gan --preset fer2013-cpu \
+        --out benchmarks/results/own_generator_fer2013_gan.json        # the conditional GAN (80 min)
 
 Steps, all on the real Training split only (validation is carved from it first, seeded and
 duplicate-aware, and neither the generator nor the judge learns from it):
@@ -49,6 +51,7 @@ from fersynth.data.ingest import load_any
 from fersynth.data.splits import carve_validation
 from fersynth.evaluate.runner import evaluate_checkpoint
 from fersynth.generate.base import WorkItem, run_generation
+from fersynth.generate.gan import GanGenerator, gan_config, train_gan
 from fersynth.generate.metrics import class_grid, fer_accuracy, synthetic_set_metrics
 from fersynth.generate.own import (
     OwnConfig,
@@ -90,7 +93,10 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-own")
     ap.add_argument("--minutes", type=float, default=None,
                     help="generator training budget (default: the preset's, else 40)")
+    ap.add_argument("--family", default="own", choices=("own", "gan"),
+                    help="own: the diffusion model; gan: the conditional GAN (sample mode only)")
     ap.add_argument("--preset", default=None, help="named generator recipe, e.g. fer2013-cpu")
+    ap.add_argument("--truncation", type=float, default=None, help="gan: truncation of the noise (none by default)")
     ap.add_argument("--class-cfg", action="append", default=[], metavar="CLASS=SCALE",
                     help="per-class guidance scale at sampling (repeatable)")
     ap.add_argument("--judge-minutes", type=float, default=12.0, help="baseline judge training budget")
@@ -127,8 +133,14 @@ def main() -> None:
     judge_summary = json.loads((judge_dir / "train_summary.json").read_text())
     judge_test = evaluate_checkpoint(judge_dir, test, split="test", n_boot=200)
 
-    gen_dir = a.run / ("own" if a.preset is None else f"own-{a.preset}")
-    if not (gen_dir / "fersynth_own.json").is_file():
+    gen_dir = a.run / (a.family if a.preset is None else f"{a.family}-{a.preset}")
+    meta = gen_dir / ("fersynth_own.json" if a.family == "own" else "fersynth_gan.json")
+    if a.family == "gan" and a.mode != "sample":
+        ap.error("--family gan samples only (--mode sample)")
+    if a.family == "gan" and not meta.is_file():
+        over = {"num_threads": torch.get_num_threads(), **({"max_minutes": a.minutes} if a.minutes else {})}
+        train_gan(real, gan_config(over, a.preset), gen_dir, device=a.device)
+    elif not meta.is_file():
         if a.preset is None:
             widths = tuple(int(c) for c in a.channels.split(","))
             ocfg = OwnConfig(size=a.size, channels=widths, epochs=1000, max_minutes=a.minutes or 40.0,
@@ -137,7 +149,7 @@ def main() -> None:
             over = {"num_threads": torch.get_num_threads(), **({"max_minutes": a.minutes} if a.minutes else {})}
             ocfg = own_config(over, a.preset)
         train_own(real, ocfg, gen_dir, device=a.device)
-    info = json.loads((gen_dir / "fersynth_own.json").read_text())
+    info = json.loads(meta.read_text())
 
     class_cfg = {CLASSES.index(k): float(v) for k, v in (it.split("=", 1) for it in a.class_cfg)}
     tag = "".join(f"-{CLASSES[c]}{v:g}" for c, v in sorted(class_cfg.items()))
@@ -145,10 +157,14 @@ def main() -> None:
         tag += f"-guided{a.guidance:g}"
     if a.mode == "edit":
         tag += f"-edit{a.strength:g}"
-    samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
-    g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
-                     class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
-                     guidance=a.guidance, source=train_rows if a.mode == "edit" else None)
+    if a.family == "gan":
+        samples = a.run / f"samples-{gen_dir.name}-{a.per_class}-t{a.truncation or 0:g}"
+        g = GanGenerator(gen_dir, device=a.device, truncation=a.truncation)
+    else:
+        samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
+        g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
+                         class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
+                         guidance=a.guidance, source=train_rows if a.mode == "edit" else None)
     from fersynth.faces.convert import DomainSpec
 
     t0 = time.perf_counter()
@@ -202,14 +218,19 @@ def main() -> None:
         "frechet_distance_real_val_to_train": round(fd_real, 3),
         "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
         "sampling_images_per_second": round(rate, 3),
+        "family": a.family,
         "preset": a.preset,
         **({"edit": edit} if edit else {}),
-        "sampling": {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
-                     "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
-                     "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
-                     "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
+        "sampling": ({"mode": "sample", "truncation": a.truncation, "images": len(syn), "per_class": a.per_class,
+                      "generated_at": info["config"]["size"], "written_at": 48} if a.family == "gan" else
+                     {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
+                      "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
+                      "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
+                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48}),
         "generator": {"config": info["config"], "steps": info["steps"], "stopped": info["stopped"],
-                      "train_images": info["train_images"], "final_loss": info["history"][-1]["loss"]},
+                      "precision": info.get("precision"), "train_images": info["train_images"],
+                      "final_loss": info["history"][-1].get("loss") or
+                      {k: v for k, v in info["history"][-1].items() if k.startswith("loss")}},
         "judges_on_real": {
             "baseline_val_accuracy": round(judge_val["accuracy"], 4),
             "baseline_private_test_accuracy": round(judge_test["accuracy"], 4),
