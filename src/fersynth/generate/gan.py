@@ -40,7 +40,14 @@ from fersynth.atomic import atomic_dir, atomic_open, digest
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.generate.base import Generator, WorkItem
-from fersynth.generate.own import epoch_order, resolve_device, resume_path, to_uint8, to_unit, training_rows
+from fersynth.generate.own import (
+    epoch_order,
+    resolve_device,
+    resume_path,
+    to_uint8,
+    to_unit,
+    training_rows,
+)
 from fersynth.generate.registry import GenerationSpec, register_generator
 from fersynth.labels import CLASSES
 
