@@ -14,7 +14,7 @@
 
 Targets (issue 11): every class's real keep rate >= 0.6, shuffled overall <= 0.2. `before` and
 `after` in the JSON are the first seed's figures without calibration and with `--method`
-(chosen before the run: `both`); every method and seed is listed under `methods`.
+(default: the config's own calibration method); every method and seed is listed under `methods`.
 Writes benchmarks/results/verify_calibration_fer2013.json.
 """
 
@@ -54,7 +54,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "fer2013-cpu.yaml")
     ap.add_argument("--run", type=Path, default=None, help="study folder (default runs/<config name>)")
-    ap.add_argument("--method", default="both", choices=METHODS[1:], help="the method reported as `after`")
+    ap.add_argument("--method", default=None, choices=METHODS[1:],
+                    help="the method reported as `after` (default: the config's verify.calibration.method)")
     ap.add_argument("--target-keep", type=float, default=0.7)
     ap.add_argument("--seeds", type=int, default=3, help="fit / check divisions of validation")
     ap.add_argument("--set", action="append", default=[], dest="sets",
@@ -76,6 +77,7 @@ def main() -> None:
     experts = [load_expert(s) for s in specs]
     names = expert_names(experts)
     policy = full.verify.policy  # typed at load (a VerifyPolicy)
+    after_method = a.method or (full.verify.calibration.method if full.verify.calibration.enabled else "both")
     val = runner.real.where(split="val")
     y = val.df["label"].to_numpy(dtype=np.int64)
     k = check_class_sets(experts, y, "real validation labels")
@@ -130,7 +132,7 @@ def main() -> None:
         "target_keep": a.target_keep,
         "targets": {"real_keep_rate_every_class": REAL_TARGET, "shuffled_keep_rate_overall": SHUFFLED_TARGET},
         "before": block("none"),
-        "after": block(a.method),
+        "after": block(after_method),
         "methods": methods,
         "seconds": {"total": round(time.perf_counter() - t0, 1), "expert_scoring": round(score_s, 1)},
         "machine": machine(load_start, "shared machine: other developers' jobs were running"),

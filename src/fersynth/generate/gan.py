@@ -66,6 +66,10 @@ class GanConfig(BaseModel):
     channels: tuple[int, ...] = Field((256, 128, 64, 32), description="generator widths from the smallest "
                                       "resolution up (one up-sampling block between each); the discriminator "
                                       "mirrors them")
+    d_channels: tuple[int, ...] | None = Field(None, description="discriminator widths from the full resolution "
+                                               "down (default: the generator's, reversed)")
+    d_steps: int = Field(1, ge=1, description="discriminator updates per generator update")
+    g_spectral_norm: bool = Field(False, description="spectral norm on the generator's layers too (SAGAN / BigGAN)")
     z_dim: int = Field(128, ge=8)
     num_classes: int | None = Field(None, description="default: the manifest's class count")
     epochs: int = Field(1000, ge=1)
@@ -99,6 +103,8 @@ class GanConfig(BaseModel):
             raise ValueError("in_channels must be 1 or 3")
         if len(self.channels) < 2 or any(c < 8 for c in self.channels):
             raise ValueError("channels must list at least 2 widths >= 8")
+        if self.d_channels is not None and len(self.d_channels) != len(self.channels):
+            raise ValueError(f"d_channels must list {len(self.channels)} widths, as channels does")
         f = 2 ** (len(self.channels) - 1)
         if self.size % f or self.size // f < 2:
             raise ValueError(f"size {self.size} must be a multiple of {f} (and at least {2 * f}) "
@@ -110,7 +116,7 @@ class GanConfig(BaseModel):
 GAN_PRESETS: dict[str, dict] = {
     # FER2013 on a 2-core CPU: 48 px native, thin (0.76M + 0.31M parameters) so that it takes
     # ~15k steps in the budget (2.4x the steps of the 256-wide default per minute), bf16 where native.
-    "fer2013-cpu": {"size": 48, "channels": (128, 64, 32, 16), "batch_size": 64, "max_minutes": 80.0,
+    "fer2013-cpu": {"size": 48, "channels": (128, 64, 32, 16), "batch_size": 64, "max_minutes": 75.0, "lr_g": 2e-4,
                     "class_balance": 0.5, "amp": "bf16", "ema": 0.999},
 }
 
@@ -157,13 +163,17 @@ class CondBatchNorm(nn.Module):
         return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
 
 
+def _sn(layer: nn.Module, on: bool) -> nn.Module:
+    return spectral_norm(layer) if on else layer
+
+
 class GBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, num_classes: int):
+    def __init__(self, cin: int, cout: int, num_classes: int, sn: bool = False):
         super().__init__()
         self.bn1, self.bn2 = CondBatchNorm(cin, num_classes), CondBatchNorm(cout, num_classes)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1)
+        self.conv1 = _sn(nn.Conv2d(cin, cout, 3, padding=1), sn)
+        self.conv2 = _sn(nn.Conv2d(cout, cout, 3, padding=1), sn)
+        self.skip = _sn(nn.Conv2d(cin, cout, 1), sn)
 
     def forward(self, x, y):
         h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2.0, mode="nearest")
@@ -176,10 +186,11 @@ class GanGeneratorNet(nn.Module):
         super().__init__()
         ch = cfg.channels
         self.base = cfg.size // 2 ** (len(ch) - 1)
-        self.fc = nn.Linear(cfg.z_dim, ch[0] * self.base * self.base)
-        self.blocks = nn.ModuleList(GBlock(a, b, num_classes) for a, b in zip(ch[:-1], ch[1:], strict=True))
+        sn = cfg.g_spectral_norm
+        self.fc = _sn(nn.Linear(cfg.z_dim, ch[0] * self.base * self.base), sn)
+        self.blocks = nn.ModuleList(GBlock(a, b, num_classes, sn) for a, b in zip(ch[:-1], ch[1:], strict=True))
         self.out_bn = nn.BatchNorm2d(ch[-1])
-        self.out = nn.Conv2d(ch[-1], cfg.in_channels, 3, padding=1)
+        self.out = _sn(nn.Conv2d(ch[-1], cfg.in_channels, 3, padding=1), sn)
 
     def forward(self, z, y):
         h = self.fc(z).view(len(z), -1, self.base, self.base)
@@ -197,7 +208,7 @@ class DBlock(nn.Module):
         self.skip = spectral_norm(nn.Conv2d(cin, cout, 1))
 
     def forward(self, x):
-        h = self.conv2(F.relu(self.conv1(x if self.first else F.relu(x))))
+        h = self.conv2(F.leaky_relu(self.conv1(x if self.first else F.leaky_relu(x, 0.2)), 0.2))
         s = self.skip(x)
         if self.down:
             h, s = F.avg_pool2d(h, 2), F.avg_pool2d(s, 2)
@@ -207,7 +218,7 @@ class DBlock(nn.Module):
 class GanDiscriminatorNet(nn.Module):
     def __init__(self, cfg: GanConfig, num_classes: int):
         super().__init__()
-        ch = tuple(reversed(cfg.channels))
+        ch = tuple(cfg.d_channels or reversed(cfg.channels))
         widths = (cfg.in_channels, *ch)
         n = len(ch)
         self.blocks = nn.Sequential(*(DBlock(widths[i], widths[i + 1], down=i < n - 1, first=i == 0)
@@ -216,7 +227,7 @@ class GanDiscriminatorNet(nn.Module):
         self.embed = spectral_norm(nn.Embedding(num_classes, ch[-1]))
 
     def forward(self, x, y):
-        h = F.relu(self.blocks(x)).sum(dim=(2, 3))
+        h = F.leaky_relu(self.blocks(x), 0.2).sum(dim=(2, 3))
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(1)
 
 
