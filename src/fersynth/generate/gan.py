@@ -41,7 +41,10 @@ from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
 from fersynth.generate.base import Generator, WorkItem
 from fersynth.generate.own import (
+    config_from_preset,
     epoch_order,
+    load_resume_state,
+    preset_values,
     resolve_device,
     resume_path,
     to_uint8,
@@ -121,30 +124,9 @@ GAN_PRESETS: dict[str, dict] = {
 }
 
 
-def gan_preset(preset: str | None) -> dict:
-    if preset is None:
-        return {}
-    if preset not in GAN_PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(str(preset), list(GAN_PRESETS), n=1)
-        raise ValueError(f"unknown gan preset '{preset}'"
-                         + (f" (did you mean {close[0]}?)" if close else f" (presets: {', '.join(GAN_PRESETS)})"))
-    return dict(GAN_PRESETS[preset])
-
-
 def gan_config(values: dict | None = None, preset: str | None = None, where: str = "generator config") -> GanConfig:
     """A GanConfig from a preset (also values['preset']) and explicit values; one FersynthError otherwise."""
-    from fersynth.validation import validated
-
-    values = dict(values or {})
-    preset = values.pop("preset", None) or preset
-    try:
-        base = gan_preset(preset)
-    except ValueError as e:
-        msg, _, hint = str(e).partition(" (")
-        raise FersynthError(f"{where} preset: {msg}", hint=hint.rstrip(")") or None) from None
-    return validated(GanConfig, {**base, **values}, where=where)
+    return config_from_preset(GanConfig, GAN_PRESETS, values, preset, where, what="gan")
 
 
 # ---------------------------------------------------------------------- networks
@@ -321,14 +303,7 @@ def train_gan(manifest: Manifest, cfg: GanConfig, out_dir: str | os.PathLike, pr
              "data": digest([rows.df["id"].astype(str).tolist(), rows.labels.tolist()])}
     nets = {"g": g, "d": d, "ema": ema, "opt_g": opt_g, "opt_d": opt_d}
     if resume and state_file.is_file():
-        try:
-            st = torch.load(state_file, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated or not a torch file
-            raise FersynthError(f"{state_file}: unreadable training state ({type(e).__name__})",
-                                hint="delete it to start the training over") from None
-        if not isinstance(st, dict) or st.get("ident") != ident:
-            raise FersynthError(f"{state_file}: unfinished training with another config or data",
-                                hint="train with the same settings to continue it, or delete the file to start over")
+        st = load_resume_state(state_file, ident)
         for k, obj in nets.items():
             obj.load_state_dict(st[k])
         gen.set_state(st["gen"])
@@ -513,7 +488,7 @@ class GanSpec(GenerationSpec):
     def _train(cls, v, info):
         if isinstance(v, dict):
             v = dict(v)
-            v = {**gan_preset(v.pop("preset", None)), **v}
+            v = {**preset_values(GAN_PRESETS, v.pop("preset", None), "gan"), **v}
             v.setdefault("seed", info.data.get("seed", 0))
         return v
 

@@ -120,26 +120,34 @@ OWN_PRESETS: dict[str, dict] = {
 def own_config(values: dict | None = None, preset: str | None = None, where: str = "generator config") -> OwnConfig:
     """An OwnConfig from a preset (also given as values['preset']) and explicit values; a bad
     preset name or value is one FersynthError naming `where` and the key."""
+    return config_from_preset(OwnConfig, OWN_PRESETS, values, preset, where)
+
+
+def config_from_preset(model: type[BaseModel], presets: Mapping[str, dict], values: dict | None, preset: str | None,
+                       where: str, what: str = "generator"):
+    """`model` validated from a named preset of `presets` (also given as values['preset']) updated
+    by explicit values; a bad preset name or value is one FersynthError naming `where` and the key."""
     from fersynth.validation import validated
 
     values = dict(values or {})
     preset = values.pop("preset", None) or preset
     try:
-        base = _preset_values(preset)
+        base = preset_values(presets, preset, what)
     except ValueError as e:
         msg, _, hint = str(e).partition(" (")
         raise FersynthError(f"{where} preset: {msg}", hint=hint.rstrip(")") or None) from None
-    return validated(OwnConfig, {**base, **values}, where=where)
+    return validated(model, {**base, **values}, where=where)
 
 
-def _preset_values(preset: str | None) -> dict:
+def preset_values(presets: Mapping[str, dict], preset: str | None, what: str = "generator") -> dict:
+    """A copy of `presets[preset]` ({} for None); an unknown name is a ValueError with a suggestion."""
     if preset is None:
         return {}
-    if preset not in OWN_PRESETS:
-        close = difflib.get_close_matches(str(preset), list(OWN_PRESETS), n=1)
-        raise ValueError(f"unknown generator preset '{preset}'"
-                         + (f" (did you mean {close[0]}?)" if close else f" (presets: {', '.join(OWN_PRESETS)})"))
-    return dict(OWN_PRESETS[preset])
+    if preset not in presets:
+        close = difflib.get_close_matches(str(preset), list(presets), n=1)
+        raise ValueError(f"unknown {what} preset '{preset}'"
+                         + (f" (did you mean {close[0]}?)" if close else f" (presets: {', '.join(presets)})"))
+    return dict(presets[preset])
 
 
 class OwnSpec(GenerationSpec):
@@ -160,7 +168,7 @@ class OwnSpec(GenerationSpec):
     def _train(cls, v, info):
         if isinstance(v, dict):
             v = dict(v)
-            base = _preset_values(v.pop("preset", None))
+            base = preset_values(OWN_PRESETS, v.pop("preset", None))
             v = {**base, **v}
             v.setdefault("seed", info.data.get("seed", 0))
         return v
@@ -253,6 +261,20 @@ def resume_path(out_dir: str | os.PathLike) -> Path:
     return out.with_name(f".{out.name}.resume.pt")
 
 
+def load_resume_state(state_file: Path, ident: dict) -> dict:
+    """The training state saved at `state_file`, refused (one FersynthError) when it is unreadable
+    or was saved by a training with another identity (config, data)."""
+    try:
+        st = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a torch file
+        raise FersynthError(f"{state_file}: unreadable training state ({type(e).__name__})",
+                            hint="delete it to start the training over") from None
+    if not isinstance(st, dict) or st.get("ident") != ident:
+        raise FersynthError(f"{state_file}: unfinished training with another config or data",
+                            hint="train with the same settings to continue it, or delete the file to start over")
+    return st
+
+
 def epoch_order(labels: torch.Tensor, class_balance: float, gen: torch.Generator) -> torch.Tensor:
     """Row order of one epoch: a permutation, or with `class_balance` p > 0, len(labels) rows drawn
     with replacement with weight 1/count^p (p = 1: every class equally often)."""
@@ -315,14 +337,7 @@ def train_own(manifest: Manifest, cfg: OwnConfig, out_dir: str | os.PathLike, pr
     ident = {"config": cfg.identity(), "num_classes": num_classes, "rows": len(rows),
              "data": digest([rows.df["id"].astype(str).tolist(), rows.labels.tolist()])}
     if resume and state_file.is_file():
-        try:
-            st = torch.load(state_file, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated or not a torch file
-            raise FersynthError(f"{state_file}: unreadable training state ({type(e).__name__})",
-                                hint="delete it to start the training over") from None
-        if not isinstance(st, dict) or st.get("ident") != ident:
-            raise FersynthError(f"{state_file}: unfinished training with another config or data",
-                                hint="train with the same settings to continue it, or delete the file to start over")
+        st = load_resume_state(state_file, ident)
         unet.load_state_dict(st["unet"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
