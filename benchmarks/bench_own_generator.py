@@ -6,8 +6,6 @@
         --out benchmarks/results/own_generator_fer2013_preset.json     # the named recipe (120 min)
     python benchmarks/bench_own_generator.py --preset fer2013-cpu --mode edit --strength 0.6 \
         --out benchmarks/results/own_generator_fer2013_edit06.json     # edit real faces of other classes
-    python benchmarks/bench_own_generator.py --family gan --preset fer2013-cpu \
-        --out benchmarks/results/own_generator_fer2013_gan.json        # the conditional GAN (80 min)
 
 Steps, all on the real Training split only (validation is carved from it first, seeded and
 duplicate-aware, and neither the generator nor the judge learns from it):
@@ -51,7 +49,6 @@ from fersynth.data.ingest import load_any
 from fersynth.data.splits import carve_validation
 from fersynth.evaluate.runner import evaluate_checkpoint
 from fersynth.generate.base import WorkItem, run_generation
-from fersynth.generate.gan import GanGenerator, gan_config, train_gan
 from fersynth.generate.metrics import class_grid, fer_accuracy, synthetic_set_metrics
 from fersynth.generate.own import (
     OwnConfig,
@@ -86,6 +83,18 @@ def plan_edit_others(train_rows, per_class: int, strength: float, seed: int = 0)
     return items
 
 
+def ferplus_agree(real, ferplus_dir: Path):
+    """The real rows with the training rows kept only where the FER+ majority (crowd of 10) names
+    the same class as the FER2013 label; rows FER+ has no majority for, or calls contempt, unknown
+    or not a face, are dropped too. Joined on the decoded pixels' hash; val and test rows stay."""
+    fp, _ = load_any(ferplus_dir, progress=False)
+    majority = dict(zip(fp.df["pixel_hash"], fp.df["label"], strict=True))
+    train = real.df["split"].to_numpy() == "train"
+    fer_plus = np.array([majority.get(h, -2) for h in real.df["pixel_hash"]])
+    keep = ~train | (fer_plus == real.labels)
+    return real.select(keep)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013")
@@ -93,10 +102,12 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "bench-own")
     ap.add_argument("--minutes", type=float, default=None,
                     help="generator training budget (default: the preset's, else 40)")
-    ap.add_argument("--family", default="own", choices=("own", "gan"),
-                    help="own: the diffusion model; gan: the conditional GAN (sample mode only)")
     ap.add_argument("--preset", default=None, help="named generator recipe, e.g. fer2013-cpu")
-    ap.add_argument("--truncation", type=float, default=None, help="gan: truncation of the noise (none by default)")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap on the generator's training steps")
+    ap.add_argument("--train-labels", default="fer2013", choices=("fer2013", "ferplus-agree"),
+                    help="ferplus-agree: train the generator only on the training rows whose FER+ majority "
+                         "label agrees with the FER2013 one (the audited label noise dropped)")
+    ap.add_argument("--ferplus", type=Path, default=ROOT.parent / "shared" / "data" / "ferplus")
     ap.add_argument("--class-cfg", action="append", default=[], metavar="CLASS=SCALE",
                     help="per-class guidance scale at sampling (repeatable)")
     ap.add_argument("--judge-minutes", type=float, default=12.0, help="baseline judge training budget")
@@ -133,22 +144,29 @@ def main() -> None:
     judge_summary = json.loads((judge_dir / "train_summary.json").read_text())
     judge_test = evaluate_checkpoint(judge_dir, test, split="test", n_boot=200)
 
-    gen_dir = a.run / (a.family if a.preset is None else f"{a.family}-{a.preset}")
-    meta = gen_dir / ("fersynth_own.json" if a.family == "own" else "fersynth_gan.json")
-    if a.family == "gan" and a.mode != "sample":
-        ap.error("--family gan samples only (--mode sample)")
-    if a.family == "gan" and not meta.is_file():
-        over = {"num_threads": torch.get_num_threads(), **({"max_minutes": a.minutes} if a.minutes else {})}
-        train_gan(real, gan_config(over, a.preset), gen_dir, device=a.device)
-    elif not meta.is_file():
+    gen_real = real
+    if a.train_labels == "ferplus-agree":
+        gen_real = ferplus_agree(real, a.ferplus)
+    gen_train = gen_real.where(split="train")
+    train_counts = {CLASSES[c]: int((gen_train.labels == c).sum()) for c in range(7)}
+    print(f"generator trains on {len(gen_train)} rows ({a.train_labels}): {train_counts}")
+    gen_dir = a.run / ("own" if a.preset is None else f"own-{a.preset}")
+    if a.train_labels != "fer2013":
+        gen_dir = gen_dir.with_name(f"{gen_dir.name}-{a.train_labels}")
+    if a.max_steps:
+        gen_dir = gen_dir.with_name(f"{gen_dir.name}-{a.max_steps}steps")
+    meta = gen_dir / "fersynth_own.json"
+    if not meta.is_file():
         if a.preset is None:
             widths = tuple(int(c) for c in a.channels.split(","))
             ocfg = OwnConfig(size=a.size, channels=widths, epochs=1000, max_minutes=a.minutes or 40.0,
-                             batch_size=64, lr=1e-3, warmup_steps=200, num_threads=torch.get_num_threads())
+                             batch_size=64, lr=1e-3, warmup_steps=200, num_threads=torch.get_num_threads(),
+                             max_steps=a.max_steps)
         else:
-            over = {"num_threads": torch.get_num_threads(), **({"max_minutes": a.minutes} if a.minutes else {})}
+            over = {"num_threads": torch.get_num_threads(), **({"max_minutes": a.minutes} if a.minutes else {}),
+                    **({"max_steps": a.max_steps} if a.max_steps else {})}
             ocfg = own_config(over, a.preset)
-        train_own(real, ocfg, gen_dir, device=a.device)
+        train_own(gen_real, ocfg, gen_dir, device=a.device)
     info = json.loads(meta.read_text())
 
     class_cfg = {CLASSES.index(k): float(v) for k, v in (it.split("=", 1) for it in a.class_cfg)}
@@ -157,14 +175,10 @@ def main() -> None:
         tag += f"-guided{a.guidance:g}"
     if a.mode == "edit":
         tag += f"-edit{a.strength:g}"
-    if a.family == "gan":
-        samples = a.run / f"samples-{gen_dir.name}-{a.per_class}-t{a.truncation or 0:g}"
-        g = GanGenerator(gen_dir, device=a.device, truncation=a.truncation)
-    else:
-        samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
-        g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
-                         class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
-                         guidance=a.guidance, source=train_rows if a.mode == "edit" else None)
+    samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
+    g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
+                     class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
+                     guidance=a.guidance, source=train_rows if a.mode == "edit" else None)
     from fersynth.faces.convert import DomainSpec
 
     t0 = time.perf_counter()
@@ -218,19 +232,16 @@ def main() -> None:
         "frechet_distance_real_val_to_train": round(fd_real, 3),
         "diversity": round(met["diversity"], 3), "diversity_real_train": round(met["diversity_real"], 3),
         "sampling_images_per_second": round(rate, 3),
-        "family": a.family,
         "preset": a.preset,
         **({"edit": edit} if edit else {}),
-        "sampling": ({"mode": "sample", "truncation": a.truncation, "images": len(syn), "per_class": a.per_class,
-                      "generated_at": info["config"]["size"], "written_at": 48} if a.family == "gan" else
-                     {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
-                      "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
-                      "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
-                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48}),
+        "sampling": {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
+                     "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
+                     "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
+                     "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
         "generator": {"config": info["config"], "steps": info["steps"], "stopped": info["stopped"],
                       "precision": info.get("precision"), "train_images": info["train_images"],
-                      "final_loss": info["history"][-1].get("loss") or
-                      {k: v for k, v in info["history"][-1].items() if k.startswith("loss")}},
+                      "train_labels": a.train_labels, "train_rows_per_class": train_counts,
+                      "final_loss": info["history"][-1]["loss"]},
         "judges_on_real": {
             "baseline_val_accuracy": round(judge_val["accuracy"], 4),
             "baseline_private_test_accuracy": round(judge_test["accuracy"], 4),

@@ -62,6 +62,7 @@ def main() -> None:
                     help="override a config key (as `fersynth run --set`), e.g. 'train.set={}' for the full "
                          "cpu-fast recipe as the baseline expert")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "verify_calibration_fer2013.json")
+    ap.add_argument("--note", default="", help="what else ran on the machine, recorded with the results")
     a = ap.parse_args()
     load_start, t0 = os.getloadavg(), time.perf_counter()
 
@@ -135,7 +136,7 @@ def main() -> None:
         "after": block(after_method),
         "methods": methods,
         "seconds": {"total": round(time.perf_counter() - t0, 1), "expert_scoring": round(score_s, 1)},
-        "machine": machine(load_start, "shared machine: other developers' jobs were running"),
+        "machine": machine(load_start, a.note),
     }
     from fersynth.atomic import write_json_atomic
 

@@ -1,4 +1,4 @@
-"""`fersynth generate own|gan|sd|merge|pseudolabel|metrics`: images from a registered generator's spec."""
+"""`fersynth generate own|sd|merge|pseudolabel|metrics`: images from a registered generator's spec."""
 
 from __future__ import annotations
 
@@ -137,21 +137,6 @@ def own(
                   scheduler=scheduler, steps=steps, gen_size=gen_size, seed=seed, batch_size=batch_size,
                   shard_size=shard_size, device=device)
     _generate("own", values, out, data, classifier, _domain(domain_size, color, detect), dataset, quiet, format, size)
-
-
-@generate_app.command("gan")
-def gan(
-    weights: Path = typer.Option(..., "--weights", "-w", help="Folder written by `fersynth generator train --kind gan`."),
-    out: Path = OutOpt, per_class: int = PerClassOpt, classes: list[str] = ClassOpt,
-    truncation: float = typer.Option(None, "--truncation", help="Resample noise entries beyond +-T (e.g. 1.5)."),
-    domain_size: int = DomainSizeOpt, color: str = ColorOpt, detect: bool = DetectOpt,
-    seed: int = SeedOpt, batch_size: int = BatchOpt, shard_size: int = ShardOpt, device: str = DeviceOpt,
-    dataset: str = DatasetOpt, quiet: bool = QuietOpt,
-) -> None:
-    """Sample images per class with the conditional GAN (one network pass per image)."""
-    values = dict(weights=str(weights), per_class=per_class, classes=_names(classes), truncation=truncation,
-                  seed=seed, batch_size=batch_size, shard_size=shard_size, device=device)
-    _generate("gan", values, out, None, None, _domain(domain_size, color, detect), dataset, quiet, None, None)
 
 
 @generate_app.command("merge")

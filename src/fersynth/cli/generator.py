@@ -42,7 +42,6 @@ def list_(pattern: str = typer.Argument("*", help="Wildcard filter, e.g. 's*'.")
 def train(
     data: Path = typer.Option(..., "--data", "-d", help="Dataset folder/file or manifest (real train rows are used)."),
     out: Path = typer.Option(..., "--out", "-o", help="Weights folder to write (diffusers layout, safetensors)."),
-    kind: str = typer.Option("own", "--kind", help="own (diffusion) | gan (conditional GAN)."),
     preset: str = typer.Option(None, "--preset", help="Named recipe (e.g. fer2013-cpu); the options below override it."),
     epochs: int = typer.Option(None, "--epochs", help="[default: 20]"),
     batch_size: int = typer.Option(None, "--batch-size", help="[default: 64]"),
@@ -66,12 +65,9 @@ def train(
     quiet: bool = QuietOpt,
     format: str = FormatOpt, size: int = SizeOpt,
 ) -> None:
-    """Train the `own` class-conditional diffusion model (or, with --kind gan, the conditional GAN)
-    on the real training split."""
+    """Train the `own` class-conditional diffusion model on the real training split."""
     from fersynth.generate.own import own_config, resolve_device, train_own
 
-    if kind not in ("own", "gan"):
-        raise FersynthError(f"--kind '{kind}': choose own or gan")
     resolve_device(device)
     widths = None
     if channels is not None:
@@ -83,26 +79,13 @@ def train(
              "attention": attention, "epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps,
              "max_minutes": max_minutes, "p_uncond": p_uncond, "class_balance": class_balance, "amp": amp,
              "prediction": prediction, "snr_gamma": snr_gamma, "ema": ema, "seed": seed}
-    given = {k: v for k, v in given.items() if v is not None}
-    if kind == "gan":
-        from fersynth.generate.gan import gan_config, train_gan
-
-        own_only = ["layers_per_block", "attention", "p_uncond", "prediction", "snr_gamma"]
-        bad = [k for k in own_only if k in given]
-        if bad:
-            raise FersynthError(f"--{bad[0].replace('_', '-')} applies to the diffusion model only (--kind own)")
-        if "lr" in given:
-            given["lr_g"] = given.pop("lr")
-        cfg, fit = gan_config(given, preset), train_gan
-    else:
-        cfg, fit = own_config(given, preset), train_own
+    cfg = own_config({k: v for k, v in given.items() if v is not None}, preset)
     from fersynth.cli.generate import load_real
 
     m = load_real(data, format, size)
-    info = fit(m, cfg, out, progress=not quiet, device=device)
+    info = train_own(m, cfg, out, progress=not quiet, device=device)
     if info.get("precision_note"):
         console.print(info["precision_note"])
-    last = info["history"][-1]
-    loss = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("loss"))
     console.print(f"{info['steps']} steps on {info['train_images']} images in {info['train_seconds']:.0f} s"
-                  f" (final {loss}) -> {out} [{info['model_id']}]" if "model_id" in info else f"-> {out}")
+                  f" (final loss {info['history'][-1]['loss']:.4f}) -> {out} [{info['model_id']}]"
+                  if "model_id" in info else f"-> {out}")
