@@ -31,7 +31,7 @@ import numpy as np
 from fersynth.experiment.config import load_config
 from fersynth.experiment.runner import Runner
 from fersynth.labels import CLASSES
-from fersynth.verify.calibrate import METHODS, CalibrationConfig, calibrate_and_check
+from fersynth.verify.calibrate import METHODS, calibrate_and_check
 from fersynth.verify.experts import load_expert
 from fersynth.verify.run import check_class_sets, expert_names, expert_probabilities
 from machine import machine
@@ -91,7 +91,7 @@ def main() -> None:
     for method in METHODS:
         runs = []
         for seed in range(a.seeds):
-            c = CalibrationConfig(method=method, target_keep=a.target_keep, seed=seed)
+            c = full.verify.calibration.model_copy(update={"method": method, "target_keep": a.target_keep, "seed": seed})
             _, rep = calibrate_and_check(per, y, policy, c, names=names)
             runs.append(rep)
         part = "calibrated" if method != "none" else "uncalibrated"
