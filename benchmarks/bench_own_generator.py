@@ -53,6 +53,7 @@ from fersynth.generate.metrics import class_grid, fer_accuracy, synthetic_set_me
 from fersynth.generate.own import (
     OwnConfig,
     OwnGenerator,
+    agreed_training_rows,
     item_seed,
     own_config,
     plan_sample,
@@ -81,18 +82,6 @@ def plan_edit_others(train_rows, per_class: int, strength: float, seed: int = 0)
             items.append(WorkItem(i, c, item_seed(seed, i), "edit", f"edit {CLASSES[labels[j]]} -> {CLASSES[c]}",
                                   ids[j], int(j), {"strength": strength, "source_label": int(labels[j])}))
     return items
-
-
-def ferplus_agree(real, ferplus_dir: Path):
-    """The real rows with the training rows kept only where the FER+ majority (crowd of 10) names
-    the same class as the FER2013 label; rows FER+ has no majority for, or calls contempt, unknown
-    or not a face, are dropped too. Joined on the decoded pixels' hash; val and test rows stay."""
-    fp, _ = load_any(ferplus_dir, progress=False)
-    majority = dict(zip(fp.df["pixel_hash"], fp.df["label"], strict=True))
-    train = real.df["split"].to_numpy() == "train"
-    fer_plus = np.array([majority.get(h, -2) for h in real.df["pixel_hash"]])
-    keep = ~train | (fer_plus == real.labels)
-    return real.select(keep)
 
 
 def main() -> None:
@@ -145,8 +134,8 @@ def main() -> None:
     judge_test = evaluate_checkpoint(judge_dir, test, split="test", n_boot=200)
 
     gen_real = real
-    if a.train_labels == "ferplus-agree":
-        gen_real = ferplus_agree(real, a.ferplus)
+    if a.train_labels == "ferplus-agree":  # the training rows whose FER+ majority agrees with the FER2013 label
+        gen_real, _ = agreed_training_rows(real, a.ferplus)
     gen_train = gen_real.where(split="train")
     train_counts = {CLASSES[c]: int((gen_train.labels == c).sum()) for c in range(7)}
     print(f"generator trains on {len(gen_train)} rows ({a.train_labels}): {train_counts}")

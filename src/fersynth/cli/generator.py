@@ -60,6 +60,9 @@ def train(
     prediction: str = typer.Option(None, "--prediction", help="epsilon | v_prediction"),
     snr_gamma: float = typer.Option(None, "--snr-gamma", help="min-SNR loss weighting (e.g. 5)."),
     ema: float = typer.Option(None, "--ema", help="EMA decay of the saved weights. [default: 0.999]"),
+    agree_with: Path = typer.Option(None, "--agree-with",
+                                    help="Train only on rows whose label this labelled set of the same images agrees "
+                                         "with (e.g. the FER+ folder for FER2013)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -83,6 +86,12 @@ def train(
     from fersynth.cli.generate import load_real
 
     m = load_real(data, format, size)
+    if agree_with is not None:
+        from fersynth.generate.own import agreed_training_rows
+
+        m, rep = agreed_training_rows(m, agree_with)
+        console.print(f"training on the {rep['agreeing']} of {rep['train_rows']} labelled training rows whose label "
+                      f"{agree_with} agrees with")
     info = train_own(m, cfg, out, progress=not quiet, device=device)
     if info.get("precision_note"):
         console.print(info["precision_note"])

@@ -162,6 +162,8 @@ class OwnSpec(GenerationSpec):
     cfg_scale_per_class: dict[str, float] = Field(default_factory=dict,
                                                   description="guidance scale per class name (others: cfg_scale)")
     gen_size: int | None = Field(None, ge=8, description="side generated at (default: as trained)")
+    agree_with: str | None = Field(None, description="train only on the rows whose label this labelled set of the same "
+                                                     "images agrees with (e.g. the FER+ folder for FER2013)")
 
     @field_validator("train", mode="before")
     @classmethod
@@ -192,7 +194,10 @@ class OwnSpec(GenerationSpec):
         return p
 
     def train_identity(self) -> dict | None:
-        return None if self.weights else self.train.identity()
+        if self.weights:
+            return None
+        ident = self.train.identity()
+        return {**ident, "agree_with": self.agree_with} if self.agree_with else ident
 
 
 def _groups(channels) -> int:
@@ -687,7 +692,19 @@ def source_rows(manifest: Manifest, num_classes: int, per_class: int | None = No
     return rows
 
 
+def agreed_training_rows(rows: Manifest, reference: str | os.PathLike) -> tuple[Manifest, dict]:
+    """`rows` with the training rows kept only where the labelled dataset at `reference` agrees
+    (`fersynth.verify.audit.agreeing_rows`)."""
+    from fersynth.data.ingest import load_any
+    from fersynth.verify.audit import agreeing_rows
+
+    ref, _ = load_any(Path(reference), progress=False)
+    return agreeing_rows(rows, ref)
+
+
 def _train_spec(spec: OwnSpec, real_train: Manifest, out: Path, progress: bool = True) -> dict:
+    if spec.agree_with:
+        real_train, _ = agreed_training_rows(real_train, spec.agree_with)
     return train_own(real_train, spec.train, out, progress=progress, device=spec.device)
 
 

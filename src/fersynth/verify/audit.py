@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fersynth.atomic import atomic_path
-from fersynth.data.manifest import Manifest
+from fersynth.data.manifest import Manifest, exact_hashes
 from fersynth.errors import FersynthError
 from fersynth.labels import CLASSES
 from fersynth.verify.experts import Expert
@@ -190,3 +190,25 @@ def write_outputs(rank: pd.DataFrame, report: dict, out_dir: str | os.PathLike) 
     with atomic_path(out / "ranking.csv") as tmp:
         rank.to_csv(tmp, index=False)
     return out
+
+
+def agreeing_rows(manifest: Manifest, reference: Manifest) -> tuple[Manifest, dict]:
+    """`manifest` with its labelled training rows kept only where `reference` (a labelled set of the
+    same images, matched by decoded pixels: the FER+ folder for FER2013) gives the same class.
+    Training rows the reference lacks or leaves without a majority are dropped as well; validation
+    and test rows are kept as they are. Returns the rows and a report (rows per class before and
+    after). The audit's cheapest use: a generator learns expressions from the agreed labels only."""
+    ref_label = dict(zip(exact_hashes(reference), reference.labels.tolist(), strict=True))
+    train = manifest.df["split"].to_numpy() == "train"
+    labelled = train & (manifest.labels >= 0)
+    ref = np.array([ref_label.get(h, -2) for h in exact_hashes(manifest)], dtype=np.int64)
+    keep = ~labelled | (ref == manifest.labels)
+    if not (keep & labelled).any():
+        raise FersynthError("no training row's label agrees with the reference labels",
+                            hint="the reference must label the same images (matched by their pixels)")
+    k = max(int(manifest.labels.max()) + 1, 1)
+    before = np.bincount(manifest.labels[labelled], minlength=k)
+    after = np.bincount(manifest.labels[labelled & keep], minlength=k)
+    report = {"train_rows": int(labelled.sum()), "agreeing": int((labelled & keep).sum()),
+              "per_class": {CLASSES[c]: {"before": int(before[c]), "after": int(after[c])} for c in range(k)}}
+    return manifest.select(keep), report
