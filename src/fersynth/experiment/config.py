@@ -230,7 +230,7 @@ def _resolve_paths(data: dict, base: Path) -> dict:
         d["data"]["path"] = res(d["data"]["path"])
     for g in (d.get("generators") or {}).values():
         if isinstance(g, dict):
-            for k in ("weights", "config"):
+            for k in ("weights", "config", "agree_with"):
                 if g.get(k):
                     g[k] = res(g[k])
     for t in d.get("test_sets") or []:
