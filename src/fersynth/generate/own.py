@@ -120,34 +120,26 @@ OWN_PRESETS: dict[str, dict] = {
 def own_config(values: dict | None = None, preset: str | None = None, where: str = "generator config") -> OwnConfig:
     """An OwnConfig from a preset (also given as values['preset']) and explicit values; a bad
     preset name or value is one FersynthError naming `where` and the key."""
-    return config_from_preset(OwnConfig, OWN_PRESETS, values, preset, where)
-
-
-def config_from_preset(model: type[BaseModel], presets: Mapping[str, dict], values: dict | None, preset: str | None,
-                       where: str, what: str = "generator"):
-    """`model` validated from a named preset of `presets` (also given as values['preset']) updated
-    by explicit values; a bad preset name or value is one FersynthError naming `where` and the key."""
     from fersynth.validation import validated
 
     values = dict(values or {})
     preset = values.pop("preset", None) or preset
     try:
-        base = preset_values(presets, preset, what)
+        base = _preset_values(preset)
     except ValueError as e:
         msg, _, hint = str(e).partition(" (")
         raise FersynthError(f"{where} preset: {msg}", hint=hint.rstrip(")") or None) from None
-    return validated(model, {**base, **values}, where=where)
+    return validated(OwnConfig, {**base, **values}, where=where)
 
 
-def preset_values(presets: Mapping[str, dict], preset: str | None, what: str = "generator") -> dict:
-    """A copy of `presets[preset]` ({} for None); an unknown name is a ValueError with a suggestion."""
+def _preset_values(preset: str | None) -> dict:
     if preset is None:
         return {}
-    if preset not in presets:
-        close = difflib.get_close_matches(str(preset), list(presets), n=1)
-        raise ValueError(f"unknown {what} preset '{preset}'"
-                         + (f" (did you mean {close[0]}?)" if close else f" (presets: {', '.join(presets)})"))
-    return dict(presets[preset])
+    if preset not in OWN_PRESETS:
+        close = difflib.get_close_matches(str(preset), list(OWN_PRESETS), n=1)
+        raise ValueError(f"unknown generator preset '{preset}'"
+                         + (f" (did you mean {close[0]}?)" if close else f" (presets: {', '.join(OWN_PRESETS)})"))
+    return dict(OWN_PRESETS[preset])
 
 
 class OwnSpec(GenerationSpec):
@@ -170,7 +162,7 @@ class OwnSpec(GenerationSpec):
     def _train(cls, v, info):
         if isinstance(v, dict):
             v = dict(v)
-            base = preset_values(OWN_PRESETS, v.pop("preset", None))
+            base = _preset_values(v.pop("preset", None))
             v = {**base, **v}
             v.setdefault("seed", info.data.get("seed", 0))
         return v
