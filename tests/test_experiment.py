@@ -314,3 +314,33 @@ def test_generator_preset_per_class_guidance_and_calibrated_verifier_in_a_study(
     bad = dict(cfg, generators={"own": dict(g, train=dict(g["train"], preset="fer2013"))})
     with pytest.raises(FersynthError, match="generators.own.train: unknown generator preset 'fer2013'"):
         config_from_dict(bad)  # refused when the YAML loads, before any stage runs
+
+
+def test_generators_with_the_same_training_settings_train_one_model(data, tmp_path):
+    """A `sample` and an `expand` generator of the same model (the fer2013-cpu config's pair) train it
+    once; the expanded images are variants of the chosen class's real training faces."""
+    from fersynth.data.manifest import Manifest
+
+    cfg = tiny(data)
+    own = cfg["generators"]["own"]
+    cfg["generators"]["own-expand"] = {**own, "mode": "expand", "classes": ["disgust"], "k": 2, "strength": 0.5}
+    cfg["generators"]["other"] = {**own, "train": {**own["train"], "channels": [8, 8]}}
+    cfg["arms"] = [{"name": "baseline", "strategy": "real"},
+                   {"name": "own-append", "strategy": "append", "generator": "own", "n": 2},
+                   {"name": "expand-balance", "strategy": "balance", "generator": "own-expand", "rho": 1.5}]
+    c = config_from_dict(cfg)
+    assert [c.model_owner(n) for n in ("own", "own-expand", "other")] == ["own", "own", "other"]
+    with_weights = config_from_dict({**cfg, "generators": {**cfg["generators"],
+                                                           "own-expand": {**cfg["generators"]["own-expand"],
+                                                                          "weights": str(tmp_path)}}})
+    assert with_weights.model_owner("own-expand") == "own-expand"
+    out = tmp_path / "run"
+    res = run_experiment(c, out, progress=False)
+    assert not res["failed"] and not res["not_run"]
+    stages = {p.name for p in (out / "stages").iterdir()}
+    assert "gen-own-model" in stages and not any(s.startswith("gen-own-expand-model") for s in stages)
+    images = Manifest.load(out / "stages" / "gen-own-expand-images" / "manifest").df
+    real = Manifest.load(out / "stages" / "data" / "manifest").df
+    parents = real.set_index("id").loc[images["parent_id"].astype(str)]
+    assert len(images) == 2 * (parents.index.nunique()) and set(images["intended_label"]) == {1}
+    assert set(parents["label"]) == {1} and set(parents["split"]) == {"train"}

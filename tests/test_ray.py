@@ -287,3 +287,8 @@ def test_graph_order_and_dependencies(tmp_path):
     assert g["train:own-append:0"][1] == ["data", "verify:own"]
     assert g["eval:own-append:1:cross"][1] == ["train:own-append:1", "test:cross"]
     assert "model:sdx" not in g and g["images:sdx"][2] == ["gen-sdx-images"]
+    data = cfg.model_dump(mode="json")  # a second generator of the same model: trained once
+    data["generators"]["own-expand"] = dict(data["generators"]["own"], mode="expand", classes=["disgust"])
+    data["arms"].append({"name": "expand-balance", "strategy": "balance", "generator": "own-expand", "rho": 2})
+    g = build_graph(config_from_dict(data))
+    assert g["images:own-expand"][1] == ["data", "model:own"] and "model:own-expand" not in g

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Union
@@ -178,6 +179,19 @@ class ExperimentConfig(_Strict):
 
     def arm(self, name: str) -> ArmConfig:
         return next(a for a in self.arms if a.name == name)
+
+    def model_owner(self, name: str) -> str:
+        """The generator whose trained model `name` uses: the first one (in config order) of the same
+        kind, training settings and device that trains its own weights, so that two generators
+        differing only in how they sample (e.g. `sample` and `expand`) train one model, not two."""
+        def ident(g: GenerationSpec):
+            t = None if g.weights else g.train_identity()
+            return None if t is None else (g.kind, json.dumps(t, sort_keys=True, default=str), g.device)
+
+        mine = ident(self.generators[name])
+        if mine is None:
+            return name
+        return next(other for other, o in self.generators.items() if ident(o) == mine)
 
 
 _MODELS: dict[tuple, type[ExperimentConfig]] = {}

@@ -250,8 +250,9 @@ def build_graph(cfg: ExperimentConfig) -> dict[str, tuple[tuple, list[str], list
         need = _needs_baseline(cfg, name)
         deps = ["data"]
         if get_generator_entry(gc.kind).train is not None and not gc.weights:  # it trains first
-            g[f"model:{name}"] = (("gen_model", name), ["data"], [f"gen-{name}-model"])
-            deps.append(f"model:{name}")
+            owner = cfg.model_owner(name)  # one model for the generators that share its training settings
+            g[f"model:{owner}"] = (("gen_model", owner), ["data"], [f"gen-{owner}-model"])
+            deps.append(f"model:{owner}")
         g[f"images:{name}"] = (("images", name), deps + ([base0] if need["images"] else []), [f"gen-{name}-images"])
         pool_job[name] = f"images:{name}"
         if cfg.verify.enabled:

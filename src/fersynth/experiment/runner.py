@@ -352,8 +352,9 @@ class Runner:
         return (g["pool"], g["pool_key"]) if verified else (g["raw_pool"], g["raw_key"])
 
     def stage_generator_model(self, name: str, g: GenerationSpec) -> tuple[Path | None, str | None]:
-        """The weights of generator `name`: the given `weights`, or trained on the real training rows."""
-        sid = f"gen-{name}-model"
+        """The weights of generator `name`: the given `weights`, or trained on the real training rows
+        (once for the generators that share its training settings: `ExperimentConfig.model_owner`)."""
+        sid = f"gen-{self.cfg.model_owner(name)}-model"
         entry = get_generator_entry(g.kind)
         if g.weights:
             if not Path(g.weights).exists():
