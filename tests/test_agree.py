@@ -54,6 +54,13 @@ def test_generator_train_agree_with_and_study_key(tmp_path, capsys):
     agreed = generation_spec("own", {"train": {"size": 16}, "agree_with": str(ref)})
     assert plain.train_identity() != agreed.train_identity()
     assert "agree_with" not in plain.train_identity()  # earlier studies' keys unchanged
+    from fersynth.experiment.runner import generator_model_key
+
+    key = generator_model_key(agreed, "data-key")
+    assert "files" not in generator_model_key(plain, "data-key")
+    moved = sorted((ref / "train" / "sad").iterdir())[0]
+    moved.rename(ref / "train" / "fear" / moved.name)  # the reference's labels change under the same path
+    assert generator_model_key(agreed, "data-key") != key  # so the study trains the generator again
     capsys.readouterr()
     rc = main(["generator", "train", "--data", str(data), "--out", str(tmp_path / "x"), "--agree-with",
                str(tmp_path / "nowhere"), "-q"])

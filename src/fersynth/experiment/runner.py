@@ -62,6 +62,15 @@ class RunState:
     generators: dict[str, dict] = field(default_factory=dict)
 
 
+def generator_model_key(g: GenerationSpec, data_key: str) -> dict:
+    """The cache key of a generator's training: kind, real data, training settings, device, and the
+    fingerprints of any other files it learns from (`GenerationSpec.train_files`, e.g. `agree_with`)."""
+    key = {"stage": f"{g.kind}-train/1", "data": data_key, "config": g.train_identity(), "device": g.device}
+    if files := g.train_files():
+        key["files"] = [fingerprint(f) for f in files]
+    return key
+
+
 class Runner:
     def __init__(self, cfg: ExperimentConfig, out: str | os.PathLike | None = None, progress: bool = True,
                  console=None):
@@ -368,8 +377,7 @@ class Runner:
             return Path(g.weights), self.state.keys[sid]
         if entry.train is None:  # a generator that brings its own model (procedural, or weights it knows)
             return None, None
-        key = {"stage": f"{g.kind}-train/1", "data": self.state.keys[REAL_STAGE], "config": g.train_identity(),
-               "device": g.device}
+        key = generator_model_key(g, self.state.keys[REAL_STAGE])
 
         def fn(out: Path):
             info = entry.train(g, self.real.where(split="train"), out / "weights", self.progress) or {}

@@ -191,6 +191,9 @@ class OwnSpec(GenerationSpec):
         ident = self.train.identity()
         return {**ident, "agree_with": self.agree_with} if self.agree_with else ident
 
+    def train_files(self) -> list[str]:
+        return [self.agree_with] if self.agree_with and not self.weights else []
+
 
 def _groups(channels) -> int:
     return min(32, math.gcd(*channels))

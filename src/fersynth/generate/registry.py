@@ -131,6 +131,11 @@ class GenerationSpec(BaseModel):
         """What identifies the weights this spec trains (None: it trains nothing)."""
         return None
 
+    def train_files(self) -> list[str]:
+        """Files or folders besides the real data that training reads: a study's cache key holds
+        their fingerprints, so a changed file retrains the model."""
+        return []
+
 
 @dataclass(frozen=True)
 class GeneratorEntry:
