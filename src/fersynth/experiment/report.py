@@ -285,8 +285,10 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
         dc = (outcome.get(ctrl) or {}).get("per_class", {}).get(c, {}).get("recall") if ctrl else None
         if n_add == 0:
             why = "nothing added"
-            if a.get("intended"):
+            if a.get("intended") and not a.get("kept"):
                 why += f": the verifier kept 0 of {a['intended']}"
+            elif a.get("kept"):
+                why += f": the arm needed none of the {a['kept']} kept"
         elif db and significant(db) and db["delta"] > 0:
             why = f"recall up {_pct(db['delta'], True)} pts on the baseline"
             if dc and dc["delta"] < 0:
