@@ -344,3 +344,11 @@ def test_generators_with_the_same_training_settings_train_one_model(data, tmp_pa
     parents = real.set_index("id").loc[images["parent_id"].astype(str)]
     assert len(images) == 2 * (parents.index.nunique()) and set(images["intended_label"]) == {1}
     assert set(parents["label"]) == {1} and set(parents["split"]) == {"train"}
+
+
+def test_nothing_added_says_why():
+    from fersynth.experiment.report import nothing_added
+
+    assert nothing_added({"intended": 400, "kept": 0}) == "nothing added: the verifier kept 0 of 400"
+    assert nothing_added({"intended": 400, "kept": 204}) == "nothing added: the arm needed none of the 204 kept"
+    assert nothing_added({}) == "nothing added"  # an unverified arm: no acceptance row

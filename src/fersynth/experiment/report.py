@@ -254,6 +254,15 @@ def _mean(vals) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def nothing_added(acceptance: dict) -> str:
+    """The reading of a class the arm added no synthetic rows to, from its verifier acceptance row."""
+    if acceptance.get("intended") and not acceptance.get("kept"):
+        return f"nothing added: the verifier kept 0 of {acceptance['intended']}"
+    if acceptance.get("kept"):
+        return f"nothing added: the arm needed none of the {acceptance['kept']} kept"
+    return "nothing added"
+
+
 def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], best, outcome: dict,
                    classes: list[str], base: str, ctrl: str | None, goal: bool) -> None:
     """Per class, what the best synthetic arm's images were and what they did to test recall."""
@@ -284,11 +293,7 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
         db = (outcome.get(base) or {}).get("per_class", {}).get(c, {}).get("recall")
         dc = (outcome.get(ctrl) or {}).get("per_class", {}).get(c, {}).get("recall") if ctrl else None
         if n_add == 0:
-            why = "nothing added"
-            if a.get("intended") and not a.get("kept"):
-                why += f": the verifier kept 0 of {a['intended']}"
-            elif a.get("kept"):
-                why += f": the arm needed none of the {a['kept']} kept"
+            why = nothing_added(a)
         elif db and significant(db) and db["delta"] > 0:
             why = f"recall up {_pct(db['delta'], True)} pts on the baseline"
             if dc and dc["delta"] < 0:
