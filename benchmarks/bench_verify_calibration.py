@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="study folder (default runs/<config name>)")
     ap.add_argument("--method", default=None, choices=METHODS[1:],
                     help="the method reported as `after` (default: the config's verify.calibration.method)")
-    ap.add_argument("--target-keep", type=float, default=0.7)
+    ap.add_argument("--target-keep", type=float, default=None, help="default: the config's verify.calibration.target_keep")
     ap.add_argument("--seeds", type=int, default=3, help="fit / check divisions of validation")
     ap.add_argument("--set", action="append", default=[], dest="sets",
                     help="override a config key (as `fersynth run --set`), e.g. 'train.set={}' for the full "
@@ -87,11 +87,12 @@ def main() -> None:
     score_s = time.perf_counter() - t1
     print(f"validation: {len(y)} images, scored by {', '.join(names)} in {score_s:.1f} s")
 
+    target_keep = a.target_keep if a.target_keep is not None else full.verify.calibration.target_keep
     methods: dict = {}
     for method in METHODS:
         runs = []
         for seed in range(a.seeds):
-            c = full.verify.calibration.model_copy(update={"method": method, "target_keep": a.target_keep, "seed": seed})
+            c = full.verify.calibration.model_copy(update={"method": method, "target_keep": target_keep, "seed": seed})
             _, rep = calibrate_and_check(per, y, policy, c, names=names)
             runs.append(rep)
         part = "calibrated" if method != "none" else "uncalibrated"
@@ -130,7 +131,8 @@ def main() -> None:
         "validation_per_class": {CLASSES[c]: int((y == c).sum()) for c in range(k) if (y == c).any()},
         "expert_val_accuracy": expert_val_acc,
         "expert_val_recall": expert_val_recall,
-        "target_keep": a.target_keep,
+        "target_keep": target_keep,
+        "calibration": full.verify.calibration.model_dump(),
         "targets": {"real_keep_rate_every_class": REAL_TARGET, "shuffled_keep_rate_overall": SHUFFLED_TARGET},
         "before": block("none"),
         "after": block(after_method),

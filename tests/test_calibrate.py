@@ -19,6 +19,7 @@ from fersynth.verify.calibrate import (
     CalibrationConfig,
     calibrate_and_check,
     fit_check_split,
+    fit_thresholds,
     keep_rates,
 )
 from fersynth.verify.policy import keep_score
@@ -98,6 +99,22 @@ def test_no_calibration_changes_nothing():
     assert cal is None and "calibrated" not in rep
     fit = fit_check_split(y, 0.5, 0)
     assert rep["uncalibrated"] == keep_rates(per[:, ~fit], y[~fit], POLICY)
+
+
+def test_max_threshold_binds_only_small_classes_when_asked():
+    # class 0: 40 rows scored 0.9 (a 0.75-keep threshold of 0.9); class 1: 4 rows scored 0.9
+    scores = np.r_[np.full(40, 0.9), np.full(4, 0.9), np.linspace(0.1, 0.2, 10)]
+    labels = np.r_[np.zeros(40), np.ones(4), np.full(10, 2)].astype(np.int64)
+    capped = fit_thresholds(scores, labels, 4, CalibrationConfig(target_keep=0.75, max_threshold=0.3), 0.3)
+    assert np.allclose(capped[:2], 0.3) and capped[3] == pytest.approx(0.3)  # class 3 has no rows: the default
+    some = fit_thresholds(scores, labels, 4, CalibrationConfig(target_keep=0.75, max_threshold=0.3,
+                                                               max_threshold_below_rows=10), 0.3)
+    assert some[0] == pytest.approx(0.9)  # 40 rows: its own quantile, above the cap
+    assert some[1] == pytest.approx(0.3)  # 4 rows: capped
+    assert some[2] == pytest.approx(np.sort(scores[labels == 2])[::-1][7])  # below the cap: fitted either way
+    assert capped[2] == some[2]
+    with pytest.raises(ValueError):
+        CalibrationConfig(max_threshold_below_rows=0)
 
 
 def test_calibration_config_validation():

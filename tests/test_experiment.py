@@ -346,6 +346,37 @@ def test_generators_with_the_same_training_settings_train_one_model(data, tmp_pa
     assert set(parents["label"]) == {1} and set(parents["split"]) == {"train"}
 
 
+def test_guided_generator_is_guided_by_its_guide_arm(data, tmp_path):
+    """`mode: guided` with `guide: oversample`: the oversample arm trains before the generation it
+    guides (though listed after the generator's arm), and the images' key names its checkpoint."""
+    from fersynth.data.manifest import Manifest
+
+    cfg = tiny(data)
+    cfg["generators"]["own"].update(mode="guided", guidance=0.5, guidance_start=0.0, guide="oversample")
+    cfg["arms"] = [{"name": "baseline", "strategy": "real"},
+                   {"name": "own-append", "strategy": "append", "generator": "own", "n": 2},
+                   {"name": "oversample", "strategy": "oversample", "rho": 2}]
+    c = config_from_dict(cfg)
+    assert c.guide_arm("own") == "oversample"
+    assert [a.name for a in c.arm_order()] == ["baseline", "oversample", "own-append"]
+    out = tmp_path / "run"
+    res = run_experiment(c, out, progress=False)
+    assert not res["failed"] and not res["not_run"]
+    inputs = json.loads((out / "stages" / "gen-own-images" / "key.json").read_text())["inputs"]
+    keys = json.loads((out / "state.json").read_text())["keys"]
+    assert inputs["classifier"] == keys["train-oversample-s0"] != keys["train-baseline-s0"]  # oversample guided
+    images = Manifest.load(out / "stages" / "gen-own-images" / "manifest").df
+    assert len(images) == 21
+    # the default guide is the baseline; a guide must be a real-data arm and the generator guided
+    del cfg["generators"]["own"]["guide"]
+    assert config_from_dict(cfg).guide_arm("own") == "baseline"
+    for bad, msg in (({"guide": "nope"}, "'nope' is not an arm"),
+                     ({"guide": "own-append"}, "draws from a generator"),
+                     ({"guide": "oversample", "mode": "sample"}, "only a generator in mode 'guided'")):
+        with pytest.raises(FersynthError, match=msg):
+            config_from_dict({**cfg, "generators": {"own": {**cfg["generators"]["own"], **bad}}})
+
+
 def test_nothing_added_says_why():
     from fersynth.experiment.report import nothing_added
 

@@ -292,3 +292,7 @@ def test_graph_order_and_dependencies(tmp_path):
     data["arms"].append({"name": "expand-balance", "strategy": "balance", "generator": "own-expand", "rho": 2})
     g = build_graph(config_from_dict(data))
     assert g["images:own-expand"][1] == ["data", "model:own"] and "model:own-expand" not in g
+    data["generators"]["own"].update(mode="guided", guide="oversample")  # guided: after its guide's first seed
+    g = build_graph(config_from_dict(data))
+    assert g["images:own"][1] == ["data", "model:own", "train:oversample:0"]
+    assert g["verify:own"][1] == ["images:own", "train:baseline:0"]

@@ -153,6 +153,16 @@ class ExperimentConfig(_Strict):
                 close = difflib.get_close_matches(a.generator, list(self.generators), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ValueError(f"arm '{a.name}' names unknown generator '{a.generator}'{hint}")
+        for gname, g in self.generators.items():
+            if g.guide is None:
+                continue
+            if g.mode != "guided":
+                raise ValueError(f"generators.{gname}.guide: only a generator in mode 'guided' has a guide")
+            if g.guide not in names:
+                raise ValueError(f"generators.{gname}.guide: '{g.guide}' is not an arm")
+            if self.arm(g.guide).generator:
+                raise ValueError(f"generators.{gname}.guide: arm '{g.guide}' draws from a generator; "
+                                 "a guide trains on real data only")
         if self.baseline_arm is None:
             self.baseline_arm = next((a.name for a in self.arms if a.strategy == "real"), None)
             if self.baseline_arm is None:
@@ -179,6 +189,17 @@ class ExperimentConfig(_Strict):
 
     def arm(self, name: str) -> ArmConfig:
         return next(a for a in self.arms if a.name == name)
+
+    def guide_arm(self, name: str) -> str | None:
+        """The arm whose first-seed model guides generator `name` (None: it is not guided)."""
+        g = self.generators[name]
+        return (g.guide or self.baseline_arm) if g.mode == "guided" else None
+
+    def arm_order(self) -> list[ArmConfig]:
+        """Arms in the order they run: the baseline, then the arms that guide a generator, then the rest."""
+        guides = {self.guide_arm(n) for n in self.generators} - {None}
+        first = [self.baseline_arm] + [a.name for a in self.arms if a.name in guides and a.name != self.baseline_arm]
+        return [self.arm(n) for n in first] + [a for a in self.arms if a.name not in first]
 
     def model_owner(self, name: str) -> str:
         """The generator whose trained model `name` uses: the first one (in config order) of the same

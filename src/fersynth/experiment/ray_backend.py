@@ -8,7 +8,8 @@ cache hits there. The driver holds the run folder's lock and submits tasks in de
     data ─┬▶ test set (each)
           ├▶ arms without a generator × seeds: train ─▶ eval (each test set)       concurrently
           ├▶ own generator model ─▶ images (Ray Data actor pool) ─▶ verify
-          └▶ baseline × seeds ───────────┘ (verification / guided mode need its first seed)
+          └▶ baseline × seeds ───────────┘ (verification needs its first seed; guided mode its guide
+                                            arm's first seed, the baseline unless `guide` names another)
                                      pool ─▶ arms with that generator × seeds: train ─▶ eval
 
 When every task is done the driver runs the ordinary local `Runner.run()` over the same folder:
@@ -232,15 +233,20 @@ def _needs_baseline(cfg: ExperimentConfig, gen: str) -> dict[str, bool]:
             "verify": cfg.verify.enabled and "baseline" in cfg.verify.experts}
 
 
+def _guide_job(cfg: ExperimentConfig, gen: str) -> list[str]:
+    """The training job whose model guides generator `gen` (none when it is not guided)."""
+    if not _needs_baseline(cfg, gen)["images"]:
+        return []
+    return [f"train:{cfg.guide_arm(gen)}:{cfg.seeds[0]}"]
+
+
 def build_graph(cfg: ExperimentConfig) -> dict[str, tuple[tuple, list[str], list[str]]]:
     """{job name: (job, dependencies, stage ids it owns)}, in a topological order."""
     g: dict[str, tuple[tuple, list[str], list[str]]] = {"data": (("data",), [], ["data"])}
     for t in cfg.test_sets:
         g[f"test:{t.name}"] = (("test_set", t.name), ["data"], [f"test-{t.name}"])
-    base = cfg.arm(cfg.baseline_arm)
-    s0 = cfg.seeds[0]
-    base0 = f"train:{base.name}:{s0}"
-    arms = [base] + [a for a in cfg.arms if a.name != base.name]
+    base0 = f"train:{cfg.baseline_arm}:{cfg.seeds[0]}"
+    arms = cfg.arm_order()
     pool_job: dict[str, str] = {}
     for a in arms:
         name = a.generator
@@ -253,7 +259,7 @@ def build_graph(cfg: ExperimentConfig) -> dict[str, tuple[tuple, list[str], list
             owner = cfg.model_owner(name)  # one model for the generators that share its training settings
             g[f"model:{owner}"] = (("gen_model", owner), ["data"], [f"gen-{owner}-model"])
             deps.append(f"model:{owner}")
-        g[f"images:{name}"] = (("images", name), deps + ([base0] if need["images"] else []), [f"gen-{name}-images"])
+        g[f"images:{name}"] = (("images", name), deps + _guide_job(cfg, name), [f"gen-{name}-images"])
         pool_job[name] = f"images:{name}"
         if cfg.verify.enabled:
             g[f"verify:{name}"] = (("verify", name), [f"images:{name}"] + ([base0] if need["verify"] else []),
@@ -292,7 +298,9 @@ def _replay_arm(r, arm, seed: int) -> Path:
     pool = None
     if arm.generator:
         need = _needs_baseline(cfg, arm.generator)
-        if need["images"] or need["verify"]:
+        if need["images"]:
+            _replay_arm(r, cfg.arm(cfg.guide_arm(arm.generator)), cfg.seeds[0])
+        if need["verify"]:
             _replay_arm(r, cfg.arm(cfg.baseline_arm), cfg.seeds[0])
         pool = r.stage_pool(arm.generator, verified=arm.verified)
     m, ck = r.stage_compose(arm, seed, pool)

@@ -152,9 +152,7 @@ class Runner:
                 self.stage_test_set(t)
             except StageFailed:
                 pass
-        base = cfg.arm(cfg.baseline_arm)
-        arms = [base] + [a for a in cfg.arms if a.name != base.name]
-        for arm in arms:
+        for arm in cfg.arm_order():
             self.run_arm(arm)
         if all(a.name in self.state.not_run for a in cfg.arms):
             self._write_state(time.perf_counter() - t0)
@@ -333,10 +331,12 @@ class Runner:
         return d
 
     # ------------------------------------------------------------------ generators
-    def _baseline_ckpt(self, why: str) -> tuple[Path, str]:
-        base, s0 = self.cfg.baseline_arm, self.cfg.seeds[0]
+    def _baseline_ckpt(self, why: str, arm: str | None = None) -> tuple[Path, str]:
+        """The first-seed checkpoint of `arm` (default: the baseline) and its stage key."""
+        base, s0 = arm or self.cfg.baseline_arm, self.cfg.seeds[0]
         if (base, s0) not in self.state.trains:
-            raise StageFailed(f"train-{base}-s{s0}", f"{why} needs the baseline checkpoint, which did not train")
+            what = "the baseline" if base == self.cfg.baseline_arm else f"arm {base}'s"
+            raise StageFailed(f"train-{base}-s{s0}", f"{why} needs {what} checkpoint, which did not train")
         sid = f"train-{base}-s{s0}"
         return self.state.trains[(base, s0)], self.state.keys[sid]
 
@@ -392,9 +392,12 @@ class Runner:
         sid = f"gen-{name}-images"
         real = self.real
         weights, wkey = self.stage_generator_model(name, g)
-        classifier, ckey = self._baseline_ckpt(f"generator {name} (guided)") if g.mode == "guided" else (None, None)
+        guide = self.cfg.guide_arm(name)
+        classifier, ckey = self._baseline_ckpt(f"generator {name} (guided)", guide) if guide else (None, None)
+        # the guide is in the key as its checkpoint's key (`classifier`)
         key = {"stage": "generate/2", "model": wkey, "data": self.state.keys[REAL_STAGE], "classifier": ckey,
-               "gen": g.model_dump(mode="json", exclude={"train", "weights", "device"}), "shape": list(real.image_shape)}
+               "gen": g.model_dump(mode="json", exclude={"train", "weights", "device", "guide"}),
+               "shape": list(real.image_shape)}
 
         def fn(out: Path):
             from fersynth.faces.convert import DomainSpec

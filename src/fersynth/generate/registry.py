@@ -69,6 +69,8 @@ class GenerationSpec(BaseModel):
     scheduler: str | None = None
     guidance: float = Field(0.1, ge=0, description="guided: classifier step size")
     guidance_start: float = Field(0.5, ge=0, le=1, description="guided: fraction of steps before guidance")
+    guide: str | None = Field(None, description="guided, in a study: the arm whose first-seed model guides "
+                                                "(default: the baseline arm); `fersynth generate` takes --classifier")
     batch_size: int = Field(50, ge=1, description="images per forward pass")
     shard_size: int = Field(64, ge=1, description="images per shard (the unit of resume)")
     seed: int = 0

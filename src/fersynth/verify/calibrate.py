@@ -11,7 +11,9 @@ the fit part:
   SynFER's label calibrator);
 - `thresholds` sets one keep threshold per class: the policy's keep score (`keep_score`) of
   the class's real images at the quantile that keeps `target_keep` of them, clipped to
-  [min_threshold, max_threshold];
+  [min_threshold, max_threshold]. With `max_threshold_below_rows` N, max_threshold binds only
+  the classes with fewer than N fit rows (a quantile of a few images is noise, so such a class
+  may only lower the policy's threshold); the others get their fitted threshold, at most 1;
 - `both` does the first, then the second on the corrected probabilities.
 
 `check` then measures, on the check part only, the policy's keep rate on the real images per
@@ -46,6 +48,9 @@ class CalibrationConfig(BaseModel):
     target_keep: float = Field(0.7, gt=0, lt=1, description="thresholds: share of each class's real images to keep")
     min_threshold: float = Field(0.05, ge=0, le=1, description="thresholds: lowest per-class threshold")
     max_threshold: float = Field(0.95, ge=0, le=1, description="thresholds: highest per-class threshold")
+    max_threshold_below_rows: int | None = Field(
+        None, ge=1, description="thresholds: max_threshold binds only classes with fewer fit rows than this "
+                                "(None: every class); the others may rise to 1")
     seed: int = Field(0, description="seed of the fit / check division and of the label shuffle")
 
     @model_validator(mode="after")
@@ -139,7 +144,9 @@ def fit_prior(per_expert: np.ndarray, labels: np.ndarray, l2: float = 1e-3, iter
 
 def fit_thresholds(scores: np.ndarray, labels: np.ndarray, num_classes: int, cfg: CalibrationConfig,
                    default: float) -> np.ndarray:
-    """Per class, the largest threshold that keeps at least `target_keep` of its rows (clipped)."""
+    """Per class, the largest threshold that keeps at least `target_keep` of its rows, clipped to
+    [min_threshold, max_threshold] (to [min_threshold, 1] for a class with `max_threshold_below_rows`
+    rows or more)."""
     y = np.asarray(labels, dtype=np.int64)
     out = np.full(num_classes, default, dtype=np.float32)
     for c in range(num_classes):
@@ -147,7 +154,8 @@ def fit_thresholds(scores: np.ndarray, labels: np.ndarray, num_classes: int, cfg
         if not len(s):
             continue
         t = s[int(np.ceil(cfg.target_keep * len(s))) - 1]
-        out[c] = np.clip(t, cfg.min_threshold, cfg.max_threshold)
+        small = cfg.max_threshold_below_rows is None or len(s) < cfg.max_threshold_below_rows
+        out[c] = np.clip(t, cfg.min_threshold, cfg.max_threshold if small else 1.0)
     return out
 
 
