@@ -112,6 +112,10 @@ def main() -> None:
                          "training faces of the other classes")
     ap.add_argument("--strength", type=float, default=0.6, help="edit: share of the denoising steps run")
     ap.add_argument("--guidance", type=float, default=0.1, help="classifier guidance scale (--mode guided)")
+    ap.add_argument("--guide", type=Path, default=None,
+                    help="guided: the checkpoint that guides (default: the baseline judge, which then also scores "
+                         "the samples; give another fersynth model, e.g. the study's oversample arm, so that the "
+                         "judge that chooses is not the one that guided)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "own_generator_fer2013.json")
@@ -161,12 +165,12 @@ def main() -> None:
     class_cfg = {CLASSES.index(k): float(v) for k, v in (it.split("=", 1) for it in a.class_cfg)}
     tag = "".join(f"-{CLASSES[c]}{v:g}" for c, v in sorted(class_cfg.items()))
     if a.mode == "guided":
-        tag += f"-guided{a.guidance:g}"
+        tag += f"-guided{a.guidance:g}" + (f"-by-{a.guide.name}" if a.guide else "")
     if a.mode == "edit":
         tag += f"-edit{a.strength:g}"
     samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
     g = OwnGenerator(gen_dir, scheduler=a.scheduler, steps=a.steps, cfg_scale=a.cfg, device=a.device,
-                     class_cfg=class_cfg, classifier=judge_dir if a.mode == "guided" else None,
+                     class_cfg=class_cfg, classifier=(a.guide or judge_dir) if a.mode == "guided" else None,
                      guidance=a.guidance, source=train_rows if a.mode == "edit" else None)
     from fersynth.faces.convert import DomainSpec
 
@@ -224,6 +228,7 @@ def main() -> None:
         "preset": a.preset,
         **({"edit": edit} if edit else {}),
         "sampling": {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
+                     "guide": (str(a.guide) if a.guide else "the baseline judge") if a.mode == "guided" else None,
                      "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
                      "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
