@@ -331,7 +331,7 @@ class Runner:
         return d
 
     # ------------------------------------------------------------------ generators
-    def _baseline_ckpt(self, why: str, arm: str | None = None) -> tuple[Path, str]:
+    def _arm_ckpt(self, why: str, arm: str | None = None) -> tuple[Path, str]:
         """The first-seed checkpoint of `arm` (default: the baseline) and its stage key."""
         base, s0 = arm or self.cfg.baseline_arm, self.cfg.seeds[0]
         if (base, s0) not in self.state.trains:
@@ -393,7 +393,7 @@ class Runner:
         real = self.real
         weights, wkey = self.stage_generator_model(name, g)
         guide = self.cfg.guide_arm(name)
-        classifier, ckey = self._baseline_ckpt(f"generator {name} (guided)", guide) if guide else (None, None)
+        classifier, ckey = self._arm_ckpt(f"generator {name} (guided)", guide) if guide else (None, None)
         # the guide is in the key as its checkpoint's key (`classifier`)
         key = {"stage": "generate/2", "model": wkey, "data": self.state.keys[REAL_STAGE], "classifier": ckey,
                "gen": g.model_dump(mode="json", exclude={"train", "weights", "device", "guide"}),
@@ -422,7 +422,7 @@ class Runner:
         experts, ekeys = [], []
         for e in v.experts:
             if e == "baseline":
-                p, k = self._baseline_ckpt(f"verification of {name}")
+                p, k = self._arm_ckpt(f"verification of {name}")
                 experts.append(str(p))
                 ekeys.append(k)
             else:
