@@ -168,6 +168,20 @@ def test_oversample_control(real):
     assert again.df["id"].tolist() == df["id"].tolist()
 
 
+def test_oversample_append_is_the_control_plus_n_per_class(real, pool):
+    control = compose("oversample", real, rho=2, **R0)
+    m = compose("oversample-append", real, pool, rho=2, n=3, **R0)
+    syn = train_counts(m, "synthetic")
+    assert syn.tolist() == [3] * 7  # every class gets the same number of generated faces
+    assert (train_counts(m) - syn).tolist() == train_counts(control).tolist()  # the real part is the control's
+    df = m.df
+    assert df.loc[df["oversampled"].fillna(False).astype(bool), "source"].eq("real").all()
+    assert df["id"].is_unique and (df.loc[df["source"] == "synthetic", "split"] == "train").all()
+    assert m.meta["compose"]["synthetic_added"] == dict.fromkeys(CLASSES[:7], 3)
+    with pytest.raises(FersynthError):
+        compose("oversample-append", real, None, rho=2, n=3, **R0)  # it needs a synthetic pool
+
+
 def test_class_weighted_control(real):
     m = compose("class-weighted", real)
     assert m.meta["class_weighted"] is True

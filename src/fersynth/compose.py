@@ -466,6 +466,19 @@ def _oversample(cfg: OversampleConfig, job: ComposeJob) -> None:
     job.extra.append(Manifest(df, dup.pixels, real.root, real.meta))
 
 
+class OversampleAppendConfig(_RhoConfig):
+    strategy: Literal["oversample-append"] = "oversample-append"
+    n: int = Field(ge=0, description="synthetic images per class, added to every class alike")
+
+
+@register_strategy("oversample-append", config=OversampleAppendConfig, synthetic=True, carve=True,
+                   description="the oversampling control, then N synthetic images per class: what generated "
+                               "faces add beyond rebalancing, with no class made of more generated faces than another")
+def _oversample_append(cfg: OversampleAppendConfig, job: ComposeJob) -> None:
+    _oversample(OversampleConfig(rho=cfg.rho), job)
+    _append(AppendConfig(n=cfg.n, allow_short=cfg.allow_short), job)
+
+
 class ClassWeightedConfig(StrategyConfig):
     strategy: Literal["class-weighted"] = "class-weighted"
 
