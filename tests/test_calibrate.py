@@ -217,13 +217,15 @@ def ckpt(tmp_path_factory):
 def test_verify_cli_real_check_and_calibration(imbalanced_run, ckpt, tmp_path, capsys):
     b, _ = imbalanced_run
     code = main(["verify", str(b / "synth"), "-e", str(ckpt), "-o", str(tmp_path / "o"), "--k", "1",
-                 "--threshold", "0.3", "--real", str(b / "real"), "--calibrate", "both", "--target-keep", "0.75"])
+                 "--threshold", "0.3", "--real", str(b / "real"), "--calibrate", "both", "--target-keep", "0.75",
+                 "--max-threshold", "0.3", "--max-threshold-below-rows", "50"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "keep rate on" in out and "shuffled, calibrated" in out
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     rc = rep["real_check"]
     assert rc["method"] == "both" and rc["config"]["target_keep"] == 0.75
+    assert rc["config"]["max_threshold"] == 0.3 and rc["config"]["max_threshold_below_rows"] == 50
     assert rc["fit_rows"] + rc["check_rows"] == 40 * K
     assert set(rc["calibration"]) == {"experts", "thresholds"}
 
@@ -235,6 +237,8 @@ def test_verify_cli_bad_calibration_values(imbalanced_run, ckpt, tmp_path, capsy
         (["--calibrate", "platt", "--real", str(b / "real")], "calibration: method"),
         (["--calibrate", "both", "--real", str(b / "real"), "--target-keep", "1.5"], "calibration: target_keep"),
         (["--calibrate", "both", "--real", str(b / "real"), "--fit-fraction", "0"], "calibration: fit_fraction"),
+        (["--calibrate", "both", "--real", str(b / "real"), "--max-threshold-below-rows", "0"],
+         "calibration: max_threshold_below_rows"),
         (["--calibrate", "both"], "needs real validation images"),
         (["--calibrate", "both", "--real", str(tmp_path / "nowhere")], "nowhere"),
     ]

@@ -96,6 +96,12 @@ def verify(
                                        "| both; fit on part of --real's validation images."),
     target_keep: float = typer.Option(None, "--target-keep",
                                       help="thresholds: share of each class's real images to keep (default 0.7)."),
+    max_threshold: float = typer.Option(None, "--max-threshold",
+                                        help="thresholds: highest per-class threshold (default 0.95; the policy's "
+                                             "--threshold lets calibration only lower a class's bar)."),
+    max_threshold_below_rows: int = typer.Option(None, "--max-threshold-below-rows",
+                                                 help="thresholds: --max-threshold binds only classes with fewer "
+                                                      "fit images than this (default: every class)."),
     fit_fraction: float = typer.Option(None, "--fit-fraction",
                                        help="Share of the validation images the calibration is fit on (default 0.5); "
                                             "keep rates are reported on the rest."),
@@ -109,7 +115,8 @@ def verify(
     pol = _policy(mode=policy, k=k, threshold=threshold, relabel=not no_relabel, relabel_threshold=relabel_threshold,
                   min_q_score=min_quality, dedup=not no_dedup, radius=radius)
     cal = _validated(CalibrationConfig, "calibration", method=calibrate, target_keep=target_keep,
-                     fit_fraction=fit_fraction)
+                     fit_fraction=fit_fraction, max_threshold=max_threshold,
+                     max_threshold_below_rows=max_threshold_below_rows)
     if cal.enabled and real is None:
         raise FersynthError(f"--calibrate {calibrate} needs real validation images", hint="add --real PATH")
     m, _ = load_any(synth)
