@@ -281,8 +281,9 @@ def train(
             bar.console.print(precision_note)
         task = bar.add_task("train", total=plan["epochs"] * steps_per_epoch, completed=start_epoch * steps_per_epoch)
         step = start_epoch * steps_per_epoch
+        spent = False  # the budget ran out mid-epoch: this epoch's validation is the last
         for epoch in range(start_epoch, cfg.epochs):
-            if budget is not None and budget.progress(step) >= 1.0:
+            if budget is not None and (spent or budget.progress(step) >= 1.0):
                 stopped = "time_budget"
                 break
             if stop_after_epochs is not None and epoch >= stop_after_epochs:
@@ -319,7 +320,8 @@ def train(
                 tot_n += n
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{plan['epochs']} loss {tot_loss / tot_n:.3f} acc {tot_correct / tot_n:.3f}")
                 if budget is not None and budget.progress(step) >= 1.0:
-                    break  # the budget is spent, mid-epoch: validate and stop
+                    spent = True  # mid-epoch: validate and stop (a faster validation must not reopen the budget)
+                    break
             model_eval = acc.unwrap_model(model)
             t_val = time.perf_counter()
             # va_pix is equalised already; the rest is the one inference path
@@ -332,7 +334,7 @@ def train(
                    "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_start}
             if budget is not None:
                 budget.val_seconds = plan["val_seconds"]
-                rec["budget_progress"] = round(budget.progress(step), 4)
+                rec["budget_progress"] = 1.0 if spent else round(budget.progress(step), 4)
                 plan["epochs"] = rec["planned_epochs"] = max(epoch + 1, budget.estimate_epochs(step, steps_per_epoch))
                 bar.update(task, total=plan["epochs"] * steps_per_epoch)
             history.append(rec)
