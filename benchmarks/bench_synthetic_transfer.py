@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,11 @@ from fersynth.predictor import Predictor
 from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
@@ -40,7 +46,7 @@ def main() -> None:
     stages = a.run / "stages"
     pool_dir = stages / f"verify-{a.generator}" / "verified"
     if not (pool_dir / "meta.json").is_file():
-        raise SystemExit(f"{pool_dir}: no verified pool of generator '{a.generator}' (run the study first)")
+        fail(f"{pool_dir}: no verified pool of generator '{a.generator}' (hint: run the study first)")
     pool = Manifest.load(pool_dir)
     y = pool.labels
     present = [c for c in range(len(CLASSES)) if (y == c).any()]
@@ -52,7 +58,7 @@ def main() -> None:
         try:
             pred = Predictor.load(stages / f"train-{arm}-s{a.seed}")
         except FersynthError as e:
-            raise SystemExit(f"train-{arm}-s{a.seed}: {e.message}") from None
+            fail(f"{stages / f'train-{arm}-s{a.seed}'}: {e.message}")
         p = pred.predict_proba(pool.pixels).argmax(1)
         called = {CLASSES[c]: {CLASSES[k]: round(float((p[y == c] == k).mean()), 3) for k in present}
                   for c in present}

@@ -377,6 +377,26 @@ def test_guided_generator_is_guided_by_its_guide_arm(data, tmp_path):
             config_from_dict({**cfg, "generators": {"own": {**cfg["generators"]["own"], **bad}}})
 
 
+def test_guided_generator_in_graph_jobs_each_in_its_own_runner(data, tmp_path):
+    """The Ray backend's jobs, run in graph order without Ray (each job a fresh Runner, as in a
+    worker): the images job of a generator guided by `oversample` replays that arm, not the baseline."""
+    from dataclasses import asdict
+
+    from fersynth.experiment.ray_backend import _default_resources, build_graph, execute
+
+    cfg = tiny(data)
+    cfg["generators"]["own"].update(mode="guided", guidance=0.5, guidance_start=0.0, guide="oversample")
+    c = config_from_dict(cfg)
+    res = {k: asdict(v) for k, v in _default_resources().items()}
+    out = tmp_path / "run"
+    for name, (job, _, _) in build_graph(c).items():
+        done = execute(c, str(out), job, {}, res, ray_data=False)
+        assert done["stopped"] is None and not done["failed"], (name, done)
+    inputs = json.loads((out / "stages" / "gen-own-images" / "key.json").read_text())["inputs"]
+    oversample = json.loads((out / "stages" / "train-oversample-s0" / "done.json").read_text())["key"]
+    assert inputs["classifier"] == oversample
+
+
 def test_nothing_added_says_why():
     from fersynth.experiment.report import nothing_added
 

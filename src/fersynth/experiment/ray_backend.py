@@ -224,20 +224,15 @@ class _KnownFailures(StageCache):
 
 
 # ---------------------------------------------------------------------------------------- the graph
-def _needs_baseline(cfg: ExperimentConfig, gen: str) -> dict[str, bool]:
-    g = cfg.generators[gen]
+def _needed_arms(cfg: ExperimentConfig, gen: str) -> dict[str, str | None]:
+    """The arm whose first seed generator `gen`'s images (its guide) and its verification (the
+    baseline, when it is an expert) need trained first; None where nothing is needed."""
     base = cfg.arm(cfg.baseline_arm)
-    if base.generator:  # a baseline that itself draws from a generator cannot feed one: the stages say so
-        return {"images": False, "verify": False}
-    return {"images": g.mode == "guided",
-            "verify": cfg.verify.enabled and "baseline" in cfg.verify.experts}
-
-
-def _guide_job(cfg: ExperimentConfig, gen: str) -> list[str]:
-    """The training job whose model guides generator `gen` (none when it is not guided)."""
-    if not _needs_baseline(cfg, gen)["images"]:
-        return []
-    return [f"train:{cfg.guide_arm(gen)}:{cfg.seeds[0]}"]
+    guide = cfg.guide_arm(gen)
+    # an arm that itself draws from a generator cannot feed one: the stages say so
+    return {"images": guide if guide and not cfg.arm(guide).generator else None,
+            "verify": base.name if not base.generator and cfg.verify.enabled and "baseline" in cfg.verify.experts
+            else None}
 
 
 def build_graph(cfg: ExperimentConfig) -> dict[str, tuple[tuple, list[str], list[str]]]:
@@ -253,13 +248,14 @@ def build_graph(cfg: ExperimentConfig) -> dict[str, tuple[tuple, list[str], list
         if not name or name in pool_job:
             continue
         gc = cfg.generators[name]
-        need = _needs_baseline(cfg, name)
+        need = _needed_arms(cfg, name)
         deps = ["data"]
         if get_generator_entry(gc.kind).train is not None and not gc.weights:  # it trains first
             owner = cfg.model_owner(name)  # one model for the generators that share its training settings
             g[f"model:{owner}"] = (("gen_model", owner), ["data"], [f"gen-{owner}-model"])
             deps.append(f"model:{owner}")
-        g[f"images:{name}"] = (("images", name), deps + _guide_job(cfg, name), [f"gen-{name}-images"])
+        guide = [f"train:{need['images']}:{cfg.seeds[0]}"] if need["images"] else []
+        g[f"images:{name}"] = (("images", name), deps + guide, [f"gen-{name}-images"])
         pool_job[name] = f"images:{name}"
         if cfg.verify.enabled:
             g[f"verify:{name}"] = (("verify", name), [f"images:{name}"] + ([base0] if need["verify"] else []),
@@ -297,11 +293,9 @@ def _replay_arm(r, arm, seed: int) -> Path:
     cfg = r.cfg
     pool = None
     if arm.generator:
-        need = _needs_baseline(cfg, arm.generator)
-        if need["images"]:
-            _replay_arm(r, cfg.arm(cfg.guide_arm(arm.generator)), cfg.seeds[0])
-        if need["verify"]:
-            _replay_arm(r, cfg.arm(cfg.baseline_arm), cfg.seeds[0])
+        for needed in _needed_arms(cfg, arm.generator).values():
+            if needed:
+                _replay_arm(r, cfg.arm(needed), cfg.seeds[0])
         pool = r.stage_pool(arm.generator, verified=arm.verified)
     m, ck = r.stage_compose(arm, seed, pool)
     return r.stage_train(arm, seed, m, ck)
@@ -340,8 +334,8 @@ def execute(cfg: ExperimentConfig, out: str, job: tuple, failed: dict[str, str],
         elif kind == "gen_model":
             r.stage_generator_model(job[1], cfg.generators[job[1]])
         elif kind == "images":
-            if _needs_baseline(cfg, job[1])["images"]:
-                _replay_arm(r, cfg.arm(cfg.baseline_arm), cfg.seeds[0])
+            if guide := _needed_arms(cfg, job[1])["images"]:
+                _replay_arm(r, cfg.arm(guide), cfg.seeds[0])
             if ray_data:
                 from fersynth.generate import ray_data as rd
 
@@ -358,8 +352,9 @@ def execute(cfg: ExperimentConfig, out: str, job: tuple, failed: dict[str, str],
             else:
                 r.stage_images(job[1])
         elif kind == "verify":
-            if _needs_baseline(cfg, job[1])["verify"]:
-                _replay_arm(r, cfg.arm(cfg.baseline_arm), cfg.seeds[0])
+            for needed in _needed_arms(cfg, job[1]).values():  # the images' key names the guide's checkpoint
+                if needed:
+                    _replay_arm(r, cfg.arm(needed), cfg.seeds[0])
             r.stage_pool(job[1])
         elif kind == "train":
             _replay_arm(r, cfg.arm(job[1]), job[2])

@@ -333,12 +333,12 @@ class Runner:
     # ------------------------------------------------------------------ generators
     def _arm_ckpt(self, why: str, arm: str | None = None) -> tuple[Path, str]:
         """The first-seed checkpoint of `arm` (default: the baseline) and its stage key."""
-        base, s0 = arm or self.cfg.baseline_arm, self.cfg.seeds[0]
-        if (base, s0) not in self.state.trains:
-            what = "the baseline" if base == self.cfg.baseline_arm else f"arm {base}'s"
-            raise StageFailed(f"train-{base}-s{s0}", f"{why} needs {what} checkpoint, which did not train")
-        sid = f"train-{base}-s{s0}"
-        return self.state.trains[(base, s0)], self.state.keys[sid]
+        name, s0 = arm or self.cfg.baseline_arm, self.cfg.seeds[0]
+        sid = f"train-{name}-s{s0}"
+        if (name, s0) not in self.state.trains:
+            what = "the baseline" if name == self.cfg.baseline_arm else f"arm {name}'s"
+            raise StageFailed(sid, f"{why} needs {what} checkpoint, which did not train")
+        return self.state.trains[(name, s0)], self.state.keys[sid]
 
     def stage_pool(self, name: str, verified: bool = True) -> tuple[Path, str]:
         """The synthetic pool of generator `name`: its images, verified when verification is on
