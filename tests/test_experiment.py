@@ -263,6 +263,23 @@ def test_relative_paths_resolve_against_the_config_file(data, tmp_path):
     c = load_config(p, ["seeds=[1, 2]", "train.set.epochs=3"])
     assert c.data.path == str((tmp_path / "sub" / "faces").resolve())
     assert c.seeds == [1, 2] and c.train.set["epochs"] == 3
+
+
+def test_set_paths_resolve_against_the_working_directory(data, tmp_path, monkeypatch):
+    """A path given with --set is typed relative to where the command runs, not to the config's folder."""
+    cfg = tiny(data)
+    cfg["data"]["path"] = "faces"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "cwd").mkdir()
+    p = tmp_path / "sub" / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path / "cwd")
+    c = load_config(p, ["generators.own.weights=runs/w", "test_sets=[{name: t, path: other}]"])
+    assert c.data.path == str((tmp_path / "sub" / "faces").resolve())  # from the file: its folder
+    assert c.generators["own"].weights == str((tmp_path / "cwd" / "runs" / "w").resolve())
+    assert c.test_sets[0].path == str((tmp_path / "cwd" / "other").resolve())
+    c = config_from_dict(cfg, base=tmp_path / "sub", sets=["data.path=elsewhere"])
+    assert c.data.path == str((tmp_path / "cwd" / "elsewhere").resolve())
     c = load_config(p, ["arms.3={name: weighted, strategy: class-weighted}"])  # index == length appends
     assert [a.name for a in c.arms][-1] == "weighted"
 

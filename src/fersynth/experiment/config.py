@@ -290,17 +290,22 @@ def load_config(path: str | os.PathLike, sets: list[str] | None = None) -> Exper
         raise FersynthError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise FersynthError(f"{p}: expected a mapping of keys at the top level")
+    # the file's relative paths are relative to its folder; those given with --set to the working
+    # directory, as on any command line (resolved paths are absolute, so the second pass keeps them)
+    data = _resolve_paths(data, p.resolve().parent)
     for k, v in parse_sets(sets).items():
         set_dotted(data, k, v)
-    data = _resolve_paths(data, p.resolve().parent)
+    data = _resolve_paths(data, Path.cwd())
     return validate_config(data, source=str(p))
 
 
 def config_from_dict(data: dict, base: str | os.PathLike = ".", sets: list[str] | None = None) -> ExperimentConfig:
-    data = copy.deepcopy(data)
+    """A config from a mapping whose relative paths are relative to `base`; the relative paths of
+    `sets` (KEY=VALUE overrides) are relative to the working directory."""
+    data = _resolve_paths(copy.deepcopy(data), Path(base).resolve())
     for k, v in parse_sets(sets).items():
         set_dotted(data, k, v)
-    return validate_config(_resolve_paths(data, Path(base).resolve()))
+    return validate_config(_resolve_paths(data, Path.cwd()))
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
