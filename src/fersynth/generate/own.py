@@ -109,10 +109,12 @@ LATER_DEFAULTS = {"class_balance": 0.0, "amp": "no", "prediction": "epsilon", "s
 OWN_PRESETS: dict[str, dict] = {
     # FER2013 on a 2-core CPU: the issue-11 levers on top of the study's model (32 px, 32-64-64):
     # class-balanced batches (square-root weights, so disgust is drawn ~6x more often without
-    # repeating its 436 faces 40x), bf16 autocast, v-prediction with min-SNR-5 weighting, EMA,
-    # and a 120-minute budget. Not yet measured against the plain recipe at full length.
+    # repeating its 436 faces 40x), bf16 autocast, v-prediction with min-SNR-5 weighting, EMA.
+    # 5,305 steps: the length benchmarked (58 min on an idle 2-core Xeon with native bf16,
+    # benchmarks/results/own_generator_fer2013_ferplus_agree*.json); the 120-minute budget stops
+    # it earlier on a slower or busy machine.
     "fer2013-cpu": {"size": 32, "channels": (32, 64, 64), "batch_size": 64, "lr": 1e-3, "warmup_steps": 200,
-                    "epochs": 1000, "max_minutes": 120.0, "class_balance": 0.5, "amp": "bf16",
+                    "epochs": 1000, "max_steps": 5305, "max_minutes": 120.0, "class_balance": 0.5, "amp": "bf16",
                     "prediction": "v_prediction", "snr_gamma": 5.0, "ema": 0.999},
 }
 
