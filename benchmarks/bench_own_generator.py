@@ -84,6 +84,27 @@ def plan_edit_others(train_rows, per_class: int, strength: float, seed: int = 0)
     return items
 
 
+def train_guide_arm(config: Path, arm_name: str, out: Path) -> Path:
+    """Arm `arm_name`'s first-seed checkpoint of the study `config`, trained by the study's own stages
+    (data, compose, train) in `out`: the same stage keys as in a `fersynth run` of that config."""
+    from fersynth.errors import FersynthError
+    from fersynth.experiment import load_config
+    from fersynth.experiment.runner import Runner, StageFailed
+
+    cfg = load_config(config)
+    arm = next((x for x in cfg.arms if x.name == arm_name), None)
+    if arm is None or arm.generator:
+        raise SystemExit(f"error: --guide-arm {arm_name}: not an arm of {config} without a generator "
+                         f"(arms: {', '.join(x.name for x in cfg.arms if not x.generator)})")
+    r = Runner(cfg, out)
+    try:
+        r.stage_data()
+        m, key = r.stage_compose(arm, cfg.seeds[0], None)
+        return r.stage_train(arm, cfg.seeds[0], m, key)
+    except (FersynthError, StageFailed) as e:
+        raise SystemExit(f"error: --guide-arm {arm_name}: {e}") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "fer2013")
@@ -116,12 +137,24 @@ def main() -> None:
                     help="guided: the checkpoint that guides (default: the baseline judge, which then also scores "
                          "the samples; give another fersynth model, e.g. the study's oversample arm, so that the "
                          "judge that chooses is not the one that guided)")
+    ap.add_argument("--guide-arm", default=None, metavar="ARM",
+                    help="guided: train the guide here as arm ARM's first seed of --config (e.g. oversample: the "
+                         "study's class-balanced control), with the study's own stages, so the benchmark needs no "
+                         "checkpoint from elsewhere")
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "fer2013-cpu.yaml",
+                    help="the study config whose arm --guide-arm trains")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--test-subset", default="PrivateTest", help="subset the judge's test accuracy is read on")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "own_generator_fer2013.json")
     a = ap.parse_args()
+    if a.guide and a.guide_arm:
+        ap.error("give --guide CKPT or --guide-arm ARM, not both")
     load_start = os.getloadavg()
     a.run.mkdir(parents=True, exist_ok=True)
+    guide_seconds = None
+    if a.guide_arm:
+        a.guide = train_guide_arm(a.config, a.guide_arm, a.run / "guide-study")
+        guide_seconds = json.loads((a.guide / "train_summary.json").read_text())["train_seconds"]
 
     m, _ = load_any(a.data, progress=True)
     real = m.where(split="train")
@@ -165,7 +198,7 @@ def main() -> None:
     class_cfg = {CLASSES.index(k): float(v) for k, v in (it.split("=", 1) for it in a.class_cfg)}
     tag = "".join(f"-{CLASSES[c]}{v:g}" for c, v in sorted(class_cfg.items()))
     if a.mode == "guided":
-        tag += f"-guided{a.guidance:g}" + (f"-by-{a.guide.name}" if a.guide else "")
+        tag += f"-guided{a.guidance:g}" + (f"-by-{a.guide_arm or a.guide.name}" if a.guide else "")
     if a.mode == "edit":
         tag += f"-edit{a.strength:g}"
     samples = a.run / f"samples-{gen_dir.name}-{a.scheduler}-{a.per_class}-{a.steps}-{a.cfg:g}{tag}"
@@ -229,6 +262,9 @@ def main() -> None:
         **({"edit": edit} if edit else {}),
         "sampling": {"mode": a.mode, "guidance": a.guidance if a.mode == "guided" else None,
                      "guide": (str(a.guide) if a.guide else "the baseline judge") if a.mode == "guided" else None,
+                     **({"guide_arm": a.guide_arm, "guide_config": str(a.config.relative_to(ROOT))
+                         if a.config.resolve().is_relative_to(ROOT) else str(a.config),
+                         "guide_train_seconds": guide_seconds} if a.guide_arm else {}),
                      "scheduler": a.scheduler, "steps": a.steps, "cfg_scale": a.cfg, "images": len(syn),
                      "class_cfg": {CLASSES[c]: v for c, v in class_cfg.items()},
                      "per_class": a.per_class, "generated_at": info["config"]["size"], "written_at": 48},
