@@ -67,12 +67,24 @@ def test_run_writes_report_csv_and_config(first_run):
         assert section in md
     assert "Best synthetic arm by validation mean class accuracy: **own-append**" in md  # the only one here;
     # per class, what the synthetic images were and did; own-append adds 2 of each class
-    why = md.split("### Per class: ", 1)[1].split("\n## ", 1)[0]
+    why = md.split("### Per class: ", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     rows_why = {ln.split("|")[1].strip(): [x.strip() for x in ln.split("|")[2:-1]]
                 for ln in why.splitlines() if ln.startswith("| ") and not ln.startswith("| class")}
     assert set(rows_why) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
     assert all(r[1] == "2" for r in rows_why.values())  # synthetic added
     assert "real labels kept %" in md and "shuffled labels kept %" in md  # the verifier on real validation images
+    # what each arm's model calls the generated images: one cached matrix per arm, shown in the report
+    learnt = md.split("### What the models learnt from the generated images", 1)[1].split("\n## ", 1)[0]
+    head = next(ln for ln in learnt.splitlines() if ln.startswith("| generated class"))
+    assert [h.strip() for h in head.split("|")[2:-1]] == [f"{a} names it %" for a in ("baseline", "oversample",
+                                                                                      "own-append")]
+    cached = sorted(p.name.split("-s0-")[0] for p in (out / "transfer").glob("*.json"))
+    assert cached == ["baseline", "oversample", "own-append"]
+    m = json.loads(next((out / "transfer").glob("own-append-s0-*.json")).read_text())["called"]
+    assert all(abs(sum(row.values()) - 1) < 1e-3 for row in m.values())
+    shown = {ln.split("|")[1].strip(): ln.split("|")[4].strip() for ln in learnt.splitlines()
+             if ln.startswith("| ") and not ln.startswith("| generated")}
+    assert shown == {c: f"{100 * m[c][c]:.2f}" for c in m}
     # the choice between two is checked in test_an_unverified_arm_draws_from_the_raw_images
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 4 and "<table>" in page

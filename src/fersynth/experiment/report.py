@@ -315,6 +315,79 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
                                 f"expert alone ({' / '.join(each) or 'none'}), before the policy's thresholds")
 
 
+def _transfer(out: Path, cfg: ExperimentConfig, state, arm: str, pool: Path, pool_key: str) -> dict | None:
+    """What arm `arm`'s first-seed model calls the pool's images per intended class, cached in
+    `out/transfer/` under the train and pool stage keys (the report is rewritten on every run)."""
+    from fersynth.atomic import write_json_atomic
+    from fersynth.data.manifest import Manifest
+    from fersynth.errors import FersynthError
+    from fersynth.evaluate.transfer import transfer_matrix
+
+    s0 = cfg.seeds[0]
+    ckpt, tkey = state.trains.get((arm, s0)), state.keys.get(f"train-{arm}-s{s0}")
+    if ckpt is None or tkey is None:
+        return None
+    key = {"train": tkey, "pool": pool_key}
+    f = out / "transfer" / f"{arm}-s{s0}-{pool_key}.json"
+    if f.is_file():
+        got = json.loads(f.read_text())
+        if got.get("key") == key:
+            return got["called"]
+    try:
+        called = transfer_matrix(Manifest.load(pool), ckpt)
+    except (FersynthError, OSError, ValueError):
+        return None
+    f.parent.mkdir(exist_ok=True)
+    write_json_atomic({"key": key, "called": called}, f)
+    return called
+
+
+def _transfer_section(doc: Doc, out: Path, cfg: ExperimentConfig, state, best, ran_arms: list, base: str,
+                      classes: list[str]) -> None:
+    """What every arm's model calls the best synthetic arm's generated images, and where an arm
+    learnt the generated look as a class (a shortcut) rather than the expression."""
+    from fersynth.evaluate.transfer import shortcut_readings
+
+    g = state.generators.get(best.generator) or {}
+    pool, pool_key = (g.get("pool"), g.get("pool_key")) if best.verified else (g.get("raw_pool"), g.get("raw_key"))
+    if not pool or not pool_key:
+        return
+    shown = [a for a in ran_arms if not get_strategy(a.strategy).synthetic
+             or (a.generator == best.generator and a.verified == best.verified)]
+    called = {}
+    for a in shown:
+        c = _transfer(out, cfg, state, a.name, Path(pool), pool_key)
+        if c:
+            called[a.name] = c
+    if base not in called or len(called) < 2:
+        return
+    s0 = cfg.seeds[0]
+    added = {a: (state.composes.get((a, s0)) or {}).get("synthetic_added") or {} for a in called}
+    doc.h(3, "What the models learnt from the generated images")
+    names = list(called)
+    gen = [c for c in classes if c in called[base]]
+    doc.table(["generated class"] + [f"{a} names it %" for a in names],
+              [[c] + [_pct(called[a][c].get(c)) for a in names] for c in gen],
+              caption=f"Each arm's seed-{s0} model on the generated images of generator `{best.generator}`"
+                      f"{'' if best.verified else ' (unverified)'}, per intended class: the share it names as "
+                      f"intended. {base} never saw a generated image")
+    flags = shortcut_readings(called, base, added)
+    if not flags:
+        doc.p(f"No arm's model names the generated images of one class by a class it added generated rows to "
+              f"20 points more often than {base}'s model does: no sign that an arm learnt what generated faces "
+              f"look like in place of the expression.")
+        return
+    lines = []
+    for f in flags:
+        share = f["named_share_of_synthetic_rows"]
+        lines.append(f"**{f['arm']}** names {_pct(f['share'])}% of the generated {f['generated']} images "
+                     f"{f['named']} ({base}: {_pct(f['reference_share'])}%); {f['named']} is "
+                     f"{_pct(share)}% of its generated training rows.")
+    doc.p("A shortcut: these arms' models call generated faces of another class by a class they were given "
+          "generated rows of. They learnt what generated faces look like as that class, not its expression; "
+          "compare their recall of the real faces of that class above. " + " ".join(lines))
+
+
 def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: float) -> dict:
     from fersynth.evaluate.plots import (
         plot_class_distribution,
@@ -390,6 +463,7 @@ def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: 
               + ("both the baseline and the rebalancing control" if ctrl else "the baseline")
               + " on mean class accuracy by a significant margin without losing accuracy (see the table).")
         _why_per_class(doc, cfg, state, evals, best, outcome, classes, base, ctrl, goal)
+        _transfer_section(doc, out, cfg, state, best, ran_arms, base, classes)
 
     # ---- data
     doc.h(2, "Dataset")
