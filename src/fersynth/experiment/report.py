@@ -384,8 +384,8 @@ def _transfer_section(doc: Doc, out: Path, cfg: ExperimentConfig, state, best, r
                      f"{f['named']} ({base}: {_pct(f['reference_share'])}%); {f['named']} is "
                      f"{_pct(share)}% of its generated training rows.")
     doc.p("A shortcut: these arms' models call generated faces of another class by a class they were given "
-          "generated rows of. They learnt what generated faces look like as that class, not its expression; "
-          "compare their recall of the real faces of that class above. " + " ".join(lines))
+          "generated rows of. They learnt what generated faces look like as that class, not its expression "
+          "(their recall of the real faces of that class: per-class results below). " + " ".join(lines))
 
 
 def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: float) -> dict:
