@@ -52,3 +52,19 @@ def test_transfer_matrix_counts_per_intended_class(tmp_path, monkeypatch):
     called = transfer_matrix(m, tmp_path)
     assert called == {"angry": {"angry": round(2 / 3, 4), "disgust": round(1 / 3, 4)},
                       "disgust": {"angry": 0.0, "disgust": 1.0}}
+
+
+def test_the_report_reads_the_flags_one_sentence_per_arm_and_class():
+    from fersynth.experiment.report import shortcut_paragraph
+
+    called = {"baseline": {"angry": {"angry": 0.9, "disgust": 0.0, "fear": 0.1},
+                           "fear": {"angry": 0.1, "disgust": 0.05, "fear": 0.85},
+                           "disgust": {"angry": 0.8, "disgust": 0.2, "fear": 0.0}},
+              "balance": {"angry": {"angry": 0.46, "disgust": 0.54, "fear": 0.0},
+                          "fear": {"angry": 0.0, "disgust": 0.5, "fear": 0.5},
+                          "disgust": {"angry": 0.0, "disgust": 1.0, "fear": 0.0}}}
+    flags = shortcut_readings(called, "baseline", {"balance": {"disgust": 300, "fear": 100}})
+    text = shortcut_paragraph(flags, "baseline")
+    assert text.count("**balance**") == 1
+    assert ("**balance** calls generated images of other classes disgust: angry 54.00% (0.00%), fear 50.00% (5.00%), "
+            "in brackets baseline's share; disgust is 75.00% of its generated training rows.") in text

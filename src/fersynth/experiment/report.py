@@ -342,6 +342,22 @@ def _transfer(out: Path, cfg: ExperimentConfig, state, arm: str, pool: Path, poo
     return called
 
 
+def shortcut_paragraph(flags: list[dict], base: str) -> str:
+    """The report's reading of `shortcut_readings` flags: one sentence per arm and the class it
+    names other classes' generated images by."""
+    lines, groups = [], {}
+    for f in flags:
+        groups.setdefault((f["arm"], f["named"]), []).append(f)
+    for (arm, named), fs in groups.items():
+        each = ", ".join(f"{f['generated']} {_pct(f['share'])}% ({_pct(f['reference_share'])}%)" for f in fs)
+        lines.append(f"**{arm}** calls generated images of other classes {named}: {each}, in brackets {base}'s "
+                     f"share; {named} is {_pct(fs[0]['named_share_of_synthetic_rows'])}% of its generated "
+                     f"training rows.")
+    return ("A shortcut: these arms' models call generated faces of another class by a class they were given "
+            "generated rows of. They learnt what generated faces look like as that class, not its expression "
+            "(their recall of the real faces of that class: per-class results below). " + " ".join(lines))
+
+
 def _transfer_section(doc: Doc, out: Path, cfg: ExperimentConfig, state, best, ran_arms: list, base: str,
                       classes: list[str]) -> None:
     """What every arm's model calls the best synthetic arm's generated images, and where an arm
@@ -377,15 +393,7 @@ def _transfer_section(doc: Doc, out: Path, cfg: ExperimentConfig, state, best, r
               f"20 points more often than {base}'s model does: no sign that an arm learnt what generated faces "
               f"look like in place of the expression.")
         return
-    lines = []
-    for f in flags:
-        share = f["named_share_of_synthetic_rows"]
-        lines.append(f"**{f['arm']}** names {_pct(f['share'])}% of the generated {f['generated']} images "
-                     f"{f['named']} ({base}: {_pct(f['reference_share'])}%); {f['named']} is "
-                     f"{_pct(share)}% of its generated training rows.")
-    doc.p("A shortcut: these arms' models call generated faces of another class by a class they were given "
-          "generated rows of. They learnt what generated faces look like as that class, not its expression "
-          "(their recall of the real faces of that class: per-class results below). " + " ".join(lines))
+    doc.p(shortcut_paragraph(flags, base))
 
 
 def write_report(out: str | os.PathLike, cfg: ExperimentConfig, state, seconds: float) -> dict:
