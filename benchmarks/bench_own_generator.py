@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +85,11 @@ def plan_edit_others(train_rows, per_class: int, strength: float, seed: int = 0)
     return items
 
 
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def train_guide_arm(config: Path, arm_name: str, out: Path) -> Path:
     """Arm `arm_name`'s first-seed checkpoint of the study `config`, trained by the study's own stages
     (data, compose, train) in `out`: the same stage keys as in a `fersynth run` of that config."""
@@ -91,18 +97,21 @@ def train_guide_arm(config: Path, arm_name: str, out: Path) -> Path:
     from fersynth.experiment import load_config
     from fersynth.experiment.runner import Runner, StageFailed
 
-    cfg = load_config(config)
+    try:
+        cfg = load_config(config)
+    except FersynthError as e:
+        _fail(f"--config: {e}")
     arm = next((x for x in cfg.arms if x.name == arm_name), None)
     if arm is None or arm.generator:
-        raise SystemExit(f"error: --guide-arm {arm_name}: not an arm of {config} without a generator "
-                         f"(arms: {', '.join(x.name for x in cfg.arms if not x.generator)})")
+        _fail(f"--guide-arm {arm_name}: not an arm of {config} without a generator "
+              f"(arms: {', '.join(x.name for x in cfg.arms if not x.generator)})")
     r = Runner(cfg, out)
     try:
         r.stage_data()
         m, key = r.stage_compose(arm, cfg.seeds[0], None)
         return r.stage_train(arm, cfg.seeds[0], m, key)
     except (FersynthError, StageFailed) as e:
-        raise SystemExit(f"error: --guide-arm {arm_name}: {e}") from None
+        _fail(f"--guide-arm {arm_name}: {e}")
 
 
 def main() -> None:
