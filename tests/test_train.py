@@ -177,7 +177,9 @@ def test_time_budget_holds_after_a_slow_first_epoch(demo_train, tmp_path, monkey
     assert h[0]["seconds"] >= slow_s  # the slow start happened
     assert s["train_seconds"] >= 0.9 * budget_s, s["train_seconds"]  # ... and cost only its own time
     assert s["train_seconds"] <= 2 * budget_s  # (a loose guard; the end is checked by progress below)
-    assert h[-1]["budget_progress"] == 1.0
+    # the last epoch ends at its budget: mid-epoch (1.0), or a moment before it at the epoch's end (then the
+    # budget runs out while its checkpoint is written, and no further epoch starts)
+    assert h[-1]["budget_progress"] >= 0.99
     assert h[-1]["lr"] <= 0.01 * cfg.lr  # annealed: onecycle's floor, not a cut-off schedule
     assert max(e["lr"] for e in h) >= 0.5 * cfg.lr  # and it went through its peak on the way
 
