@@ -23,8 +23,8 @@ from pathlib import Path
 
 from fersynth.data.manifest import Manifest
 from fersynth.errors import FersynthError
+from fersynth.evaluate.transfer import transfer_matrix
 from fersynth.labels import CLASSES
-from fersynth.predictor import Predictor
 from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,10 @@ def main() -> None:
                  "pool_per_class": {CLASSES[c]: int((y == c).sum()) for c in present}, "arms": {}}
     for arm in arms:
         try:
-            pred = Predictor.load(stages / f"train-{arm}-s{a.seed}")
+            matrix = transfer_matrix(pool, stages / f"train-{arm}-s{a.seed}")
         except FersynthError as e:
             fail(f"{stages / f'train-{arm}-s{a.seed}'}: {e.message}")
-        p = pred.predict_proba(pool.pixels).argmax(1)
-        called = {CLASSES[c]: {CLASSES[k]: round(float((p[y == c] == k).mean()), 3) for k in present}
-                  for c in present}
+        called = {c: {k: round(v, 3) for k, v in row.items()} for c, row in matrix.items()}
         m = stages / f"eval-{arm}-s{a.seed}-test" / "metrics.json"
         real = None
         if m.is_file():

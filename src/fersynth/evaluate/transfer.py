@@ -56,5 +56,5 @@ def shortcut_readings(called: dict[str, dict[str, dict[str, float]]], reference:
                 base = ref.get(c, {}).get(t, 0.0)
                 if share - base >= min_rise:
                     out.append({"arm": arm, "generated": c, "named": t, "share": share, "reference_share": base,
-                                "named_share_of_synthetic_rows": round(int(rows[t]) / total, 4) if total else None})
+                                "named_share_of_synthetic_rows": round(int(rows[t]) / total, 4)})
     return out

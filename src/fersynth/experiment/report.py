@@ -315,11 +315,11 @@ def _why_per_class(doc: Doc, cfg: ExperimentConfig, state, evals: list[dict], be
                                 f"expert alone ({' / '.join(each) or 'none'}), before the policy's thresholds")
 
 
-def _transfer(out: Path, cfg: ExperimentConfig, state, arm: str, pool: Path, pool_key: str) -> dict | None:
+def _transfer(out: Path, cfg: ExperimentConfig, state, arm: str, pool, pool_key: str) -> dict | None:
     """What arm `arm`'s first-seed model calls the pool's images per intended class, cached in
-    `out/transfer/` under the train and pool stage keys (the report is rewritten on every run)."""
+    `out/transfer/` under the train and pool stage keys (the report is rewritten on every run).
+    `pool()` gives the pool's Manifest, read only on a cache miss."""
     from fersynth.atomic import write_json_atomic
-    from fersynth.data.manifest import Manifest
     from fersynth.errors import FersynthError
     from fersynth.evaluate.transfer import transfer_matrix
 
@@ -334,7 +334,7 @@ def _transfer(out: Path, cfg: ExperimentConfig, state, arm: str, pool: Path, poo
         if got.get("key") == key:
             return got["called"]
     try:
-        called = transfer_matrix(Manifest.load(pool), ckpt)
+        called = transfer_matrix(pool(), ckpt)
     except (FersynthError, OSError, ValueError):
         return None
     f.parent.mkdir(exist_ok=True)
@@ -362,6 +362,9 @@ def _transfer_section(doc: Doc, out: Path, cfg: ExperimentConfig, state, best, r
                       classes: list[str]) -> None:
     """What every arm's model calls the best synthetic arm's generated images, and where an arm
     learnt the generated look as a class (a shortcut) rather than the expression."""
+    from functools import cache
+
+    from fersynth.data.manifest import Manifest
     from fersynth.evaluate.transfer import shortcut_readings
 
     g = state.generators.get(best.generator) or {}
@@ -370,9 +373,10 @@ def _transfer_section(doc: Doc, out: Path, cfg: ExperimentConfig, state, best, r
         return
     shown = [a for a in ran_arms if not get_strategy(a.strategy).synthetic
              or (a.generator == best.generator and a.verified == best.verified)]
+    read_pool = cache(lambda: Manifest.load(pool))  # decoded once for all the arms, and only if one needs it
     called = {}
     for a in shown:
-        c = _transfer(out, cfg, state, a.name, Path(pool), pool_key)
+        c = _transfer(out, cfg, state, a.name, read_pool, pool_key)
         if c:
             called[a.name] = c
     if base not in called or len(called) < 2:
